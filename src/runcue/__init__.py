@@ -1,0 +1,66 @@
+"""runcue: run interdependent, rate-limited background work in parallel inside your program.
+
+Declare services (limits), tasks (handlers) and two checks on your own artifacts --
+``is_ready`` and ``is_stale`` -- then submit work; runcue decides when each piece runs.
+"""
+
+from ._cue import Cue as Cue
+from ._errors import CueStateError as CueStateError
+from ._errors import HandlerTimeout as HandlerTimeout
+from ._errors import InvalidRateError as InvalidRateError
+from ._errors import PendingTimeout as PendingTimeout
+from ._errors import RateLimited as RateLimited
+from ._errors import RuncueError as RuncueError
+from ._errors import StallTimeout as StallTimeout
+from ._errors import UnknownServiceError as UnknownServiceError
+from ._errors import UnknownTaskError as UnknownTaskError
+from ._errors import WorkCancelled as WorkCancelled
+from ._errors import WorkNotFound as WorkNotFound
+from ._errors import WorkTimeout as WorkTimeout
+from ._rate import RateSpec as RateSpec
+from ._rate import parse_rate as parse_rate
+from ._stats import CueStats as CueStats
+from ._stats import RateWindowStats as RateWindowStats
+from ._stats import ServiceStats as ServiceStats
+from ._task import Backoff as Backoff
+from ._task import TaskSpec as TaskSpec
+from ._work import PriorityContext as PriorityContext
+from ._work import WorkState as WorkState
+from ._work import WorkUnit as WorkUnit
+
+__version__ = "0.3.0"
+
+__all__ = [
+    "Backoff",
+    "Cue",
+    "CueStateError",
+    "CueStats",
+    "HandlerTimeout",
+    "InvalidRateError",
+    "PendingTimeout",
+    "PriorityContext",
+    "RateLimited",
+    "RateSpec",
+    "RateWindowStats",
+    "RuncueError",
+    "ServiceStats",
+    "StallTimeout",
+    "TaskSpec",
+    "UnknownServiceError",
+    "UnknownTaskError",
+    "WorkCancelled",
+    "WorkNotFound",
+    "WorkState",
+    "WorkTimeout",
+    "WorkUnit",
+    "parse_rate",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("runcue._"):
+        try:
+            _obj.__module__ = "runcue"
+        except (AttributeError, TypeError):  # pragma: no cover - builtins refuse
+            pass
+del _name, _obj

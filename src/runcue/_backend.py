@@ -1,0 +1,50 @@
+"""The one place that tells asyncio from trio: running a cue in the background for ``start()``.
+
+``cue.start()`` is a plain function called from async code with no task group at hand. On
+asyncio the cue runs in a task created on the running loop; on trio in a system task (trio's
+own home for tasks that no user nursery owns). Either way the background task only runs
+``async with cue`` until ``stop()``; everything inside it is AnyIO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["current_backend", "spawn_background"]
+
+_background_tasks: set[Any] = set()  # asyncio keeps only weak references to tasks
+
+
+def current_backend() -> str | None:
+    """"asyncio", "trio", or None when no event loop runs in this thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return "asyncio"
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            return None
+        return "trio"
+    return None
+
+
+def spawn_background(run: Callable[[], Awaitable[None]]) -> str | None:
+    """Start ``run()`` as a task no user task group owns; returns the backend or None."""
+    backend = current_backend()
+    if backend == "asyncio":
+        task = asyncio.get_running_loop().create_task(run())  # type: ignore[arg-type]
+        _background_tasks.add(task)
+        task.add_done_callback(_background_tasks.discard)
+    elif backend == "trio":
+        import trio
+
+        trio.lowlevel.spawn_system_task(run, name="runcue.Cue.start")
+    return backend

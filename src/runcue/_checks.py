@@ -1,0 +1,161 @@
+"""Asking the user's ``is_ready`` and ``is_stale`` about a batch of work.
+
+Sync checks are meant to be cheap (``Path.exists()``), so by default (``checks="auto"``) they
+are called on the event loop, timed; the first call that takes longer than
+``SLOW_CHECK_SECONDS`` moves every later batch to a worker thread, one thread hop per batch,
+so a slow check never holds up the loop again. ``checks="thread"`` uses the thread from the
+start and ``checks="inline"`` never does. Async checks are awaited. Every batch is bounded by
+the cue's ``check_timeout``; a check that raises or times out leaves the work pending with a
+``check_error`` that ``debug_blocked()`` shows and the ``runcue`` logger reports.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import anyio
+import anyio.to_thread
+
+from ._hooks import Hooks, logger
+from ._task import is_async_callable
+from ._work import WorkUnit
+
+__all__ = ["RUN", "SKIP", "CheckMode", "CheckRunner", "Verdict"]
+
+CheckMode = Literal["auto", "inline", "thread"]
+SLOW_CHECK_SECONDS = 0.002
+
+RUN = ("run", "")
+SKIP = ("skip", "")
+Verdict = tuple[str, str]  # ("run" | "skip" | "not_ready" | "check_error", details)
+
+
+def _evaluate_sync(check: Callable[[WorkUnit], Any], works: Sequence[WorkUnit]) -> list[Any]:
+    """Call a sync check on each work; an exception becomes that work's answer."""
+    answers: list[Any] = []
+    for work in works:
+        try:
+            answers.append(bool(check(work)))
+        except Exception as exc:  # noqa: BLE001 - reported per work, never swallowed
+            answers.append(exc)
+    return answers
+
+
+class CheckRunner:
+    """Runs the two checks over batches of work and turns the answers into verdicts."""
+
+    def __init__(self, hooks: Hooks, *, mode: CheckMode, timeout: float | None) -> None:
+        if mode not in ("auto", "inline", "thread"):
+            msg = f"checks must be 'auto', 'inline' or 'thread', got {mode!r}"
+            raise ValueError(msg)
+        self._hooks = hooks
+        self._mode = mode
+        self._timeout = math.inf if timeout is None else timeout
+        self._limiter: anyio.CapacityLimiter | None = None
+        self.calls = {"is_ready": 0, "is_stale": 0}
+        self.errors = 0
+
+    @property
+    def active(self) -> bool:
+        """False when no check is registered: every work simply runs."""
+        return self._hooks.is_ready is not None or self._hooks.is_stale is not None
+
+    async def evaluate(self, works: Sequence[WorkUnit]) -> list[Verdict]:
+        """One verdict per work, in order."""
+        verdicts: list[Verdict] = [RUN] * len(works)
+        hooks = self._hooks
+        todo = list(range(len(works)))
+        if hooks.is_ready is not None:
+            answers = await self._ask("is_ready", hooks.is_ready, [works[i] for i in todo])
+            still: list[int] = []
+            for i, answer in zip(todo, answers):
+                if answer is True:
+                    still.append(i)
+                elif answer is False:
+                    verdicts[i] = ("not_ready", "is_ready returned False")
+                else:
+                    verdicts[i] = ("check_error", f"is_ready raised {answer!r}")
+            todo = still
+        if hooks.is_stale is not None and todo:
+            answers = await self._ask("is_stale", hooks.is_stale, [works[i] for i in todo])
+            for i, answer in zip(todo, answers):
+                if answer is False:
+                    verdicts[i] = SKIP
+                elif answer is not True:
+                    verdicts[i] = ("check_error", f"is_stale raised {answer!r}")
+        return verdicts
+
+    async def _ask(
+        self, name: str, check: Callable[[WorkUnit], Any], works: list[WorkUnit]
+    ) -> list[Any]:
+        self.calls[name] += len(works)
+        if is_async_callable(check):
+            answers = await self._ask_async(name, check, works)
+        elif self._mode == "thread":
+            answers = await self._ask_in_thread(name, check, works)
+        else:
+            answers = self._ask_inline(name, check, works)
+        for work, answer in zip(works, answers):
+            if isinstance(answer, BaseException):
+                self.errors += 1
+                logger.warning(
+                    "runcue: %s raised for %s; the work stays pending and is asked again later",
+                    name,
+                    work,
+                    exc_info=answer,
+                )
+        return answers
+
+    def _ask_inline(
+        self, name: str, check: Callable[[WorkUnit], Any], works: list[WorkUnit]
+    ) -> list[Any]:
+        answers: list[Any] = []
+        auto = self._mode == "auto"
+        for index, work in enumerate(works):
+            begun = time.perf_counter()
+            try:
+                answers.append(bool(check(work)))
+            except Exception as exc:  # noqa: BLE001 - reported per work
+                answers.append(exc)
+            if auto and time.perf_counter() - begun > SLOW_CHECK_SECONDS:
+                self._mode = "thread"
+                logger.info(
+                    "runcue: %s took over %.0f ms on the event loop; sync checks now run in"
+                    " a worker thread",
+                    name,
+                    SLOW_CHECK_SECONDS * 1000,
+                )
+                answers.extend(_evaluate_sync(check, works[index + 1 :]))  # finish this batch
+                break
+        return answers
+
+    async def _ask_in_thread(
+        self, name: str, check: Callable[[WorkUnit], Any], works: list[WorkUnit]
+    ) -> list[Any]:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(1)
+        with anyio.move_on_after(self._timeout):
+            return await anyio.to_thread.run_sync(
+                _evaluate_sync, check, works, abandon_on_cancel=True, limiter=self._limiter
+            )
+        error = TimeoutError(f"{name} did not answer within check_timeout={self._timeout:g}s")
+        return [error] * len(works)
+
+    async def _ask_async(
+        self, name: str, check: Callable[[WorkUnit], Any], works: list[WorkUnit]
+    ) -> list[Any]:
+        answers: list[Any] = []
+        for work in works:
+            answer: Any = TimeoutError(
+                f"{name} did not answer within check_timeout={self._timeout:g}s"
+            )
+            with anyio.move_on_after(self._timeout):
+                try:
+                    answer = bool(await check(work))
+                except Exception as exc:  # noqa: BLE001 - reported per work
+                    answer = exc
+            answers.append(answer)
+        return answers

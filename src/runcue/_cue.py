@@ -1,0 +1,665 @@
+"""The Cue: registration, lifecycle, submission and queries, over the scheduler core."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from . import _backend
+from ._checks import CheckMode, CheckRunner
+from ._errors import (
+    CueStateError,
+    UnknownServiceError,
+    UnknownTaskError,
+    WorkCancelled,
+    WorkNotFound,
+)
+from ._hooks import Hooks
+from ._scheduler import Scheduler
+from ._service import Service
+from ._stats import CueStats, RateWindowStats, ServiceStats
+from ._task import Backoff, RetryOn, TaskSpec, is_async_callable
+from ._work import WorkState, WorkUnit
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["Cue"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_NEW, _RUNNING, _STOPPING, _STOPPED = "new", "running", "stopping", "stopped"
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable stand-in for params, equal exactly when the params compare equal."""
+    if isinstance(value, Mapping):
+        return frozenset((key, _freeze(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return (type(value) is list, tuple(_freeze(item) for item in value))
+    if isinstance(value, (set, frozenset)):
+        return frozenset(_freeze(item) for item in value)
+    try:
+        hash(value)
+    except TypeError:
+        return ("unhashable", type(value).__qualname__, id(value))
+    return value
+
+
+def _check_seconds(name: str, value: float | None, *, allow_none: bool = True) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        msg = f"{name} must be a number of seconds > 0 (or None to turn it off), got {value!r}"
+        raise ValueError(msg)
+    return float(value)
+
+
+class Cue:
+    """Runs interdependent, rate-limited work inside your program.
+
+    Declare services and tasks, register the checks, then run the cue one of three ways:
+
+    - ``async with runcue.Cue() as cue:`` -- leaving the block waits until nothing is pending
+      or running, then stops (an exception in the block cancels everything instead);
+    - ``cue.start()`` ... ``await cue.stop()`` -- from any async code, asyncio or trio;
+    - ``await task_group.start(cue.run)`` -- under your own task group, until ``stop()``.
+
+    :param pending_warn_after: warn (``on_pending_warning``, else the ``runcue`` logger) about
+        work pending longer than this many seconds.
+    :param pending_timeout: fail work pending longer than this with ``PendingTimeout``.
+    :param stall_warn_after: warn (``on_stall_warning``, else the logger) when nothing started
+        or finished for this long while work is pending.
+    :param stall_timeout: fail every pending work with ``StallTimeout`` when nothing started or
+        finished for this long.
+    :param recheck_interval: the longest a not-ready work waits before ``is_ready`` is asked
+        again when nothing else happens (stretched for very large parked sets so rechecks
+        stay under ~2 % of a core). Completions and ``poke()`` recheck sooner.
+    :param priority_aging: seconds of waiting worth one full unit of priority (no starvation).
+    :param keep_finished: how many finished work units ``get``/``list``/``wait`` still know
+        (oldest forgotten first); None keeps all (memory grows without bound).
+    :param max_threads: worker threads for sync handlers of services without ``concurrent``
+        (a service with ``concurrent=M`` gets exactly M).
+    :param checks: where sync checks run: ``"auto"`` (on the loop until one is slow, then in a
+        worker thread), ``"inline"`` or ``"thread"``.
+    :param check_timeout: seconds a check may take before it counts as a ``check_error``.
+    :param seed: seeds the retry jitter, for reproducible runs.
+    """
+
+    def __init__(
+        self,
+        *,
+        pending_warn_after: float | None = None,
+        pending_timeout: float | None = None,
+        stall_warn_after: float | None = None,
+        stall_timeout: float | None = None,
+        recheck_interval: float = 0.25,
+        priority_aging: float = 300.0,
+        keep_finished: int | None = 10_000,
+        max_threads: int = 40,
+        checks: CheckMode = "auto",
+        check_timeout: float | None = 60.0,
+        seed: int | None = None,
+    ) -> None:
+        if keep_finished is not None and (
+            isinstance(keep_finished, bool) or not isinstance(keep_finished, int) or keep_finished < 0
+        ):
+            msg = f"keep_finished must be a whole number >= 0 or None, got {keep_finished!r}"
+            raise ValueError(msg)
+        if isinstance(max_threads, bool) or not isinstance(max_threads, int) or max_threads < 1:
+            msg = f"max_threads must be a whole number >= 1, got {max_threads!r}"
+            raise ValueError(msg)
+        self._tasks: dict[str, TaskSpec] = {}
+        self._services: dict[str | None, Service] = {None: Service(None, clock=anyio.current_time)}  # type: ignore[arg-type]
+        self._hooks = Hooks()
+        self._engine = Scheduler(
+            tasks=self._tasks,
+            services=self._services,
+            hooks=self._hooks,
+            checks=CheckRunner(self._hooks, mode=checks, timeout=_check_seconds(
+                "check_timeout", check_timeout)),
+            pending_warn_after=_check_seconds("pending_warn_after", pending_warn_after),
+            pending_timeout=_check_seconds("pending_timeout", pending_timeout),
+            stall_warn_after=_check_seconds("stall_warn_after", stall_warn_after),
+            stall_timeout=_check_seconds("stall_timeout", stall_timeout),
+            recheck_interval=_check_seconds(  # type: ignore[arg-type]
+                "recheck_interval", recheck_interval, allow_none=False),
+            priority_aging=_check_seconds(  # type: ignore[arg-type]
+                "priority_aging", priority_aging, allow_none=False),
+            keep_finished=keep_finished,
+            max_threads=max_threads,
+            seed=seed,
+        )
+        self._state = _NEW
+        self._mode: Literal["context", "run", "background"] | None = None
+        self._tg: TaskGroup | None = None
+        self._loop_scope: anyio.CancelScope | None = None
+        self._stop_requested = anyio.Event()
+        self._closed = anyio.Event()
+        self._entered = anyio.Event()
+        self._background_error: BaseException | None = None
+        self._id_prefix = os.urandom(3).hex()
+        self._ids = 0
+
+    # ------------------------------------------------------------------ registration
+
+    def service(self, name: str, *, rate: str | None = None, concurrent: int | None = None) -> None:
+        """Declare a service, or change its limits (also while running).
+
+        :param rate: ``"N/period"``, e.g. ``"60/min"``, ``"100/15min"``, or several windows
+            joined by ``;`` (``"60/min;10/10s"``): at most N handler starts in any window.
+        :param concurrent: at most this many handlers of the service run at once.
+        :raises ValueError: (``InvalidRateError``) for a rate that does not parse, or a bad
+            ``concurrent``.
+        """
+        if not isinstance(name, str) or not name:
+            msg = f"a service name must be a non-empty string, got {name!r}"
+            raise ValueError(msg)
+        existing = self._services.get(name)
+        service = existing or Service(name, clock=anyio.current_time)
+        service.configure(rate=rate, concurrent=concurrent)  # validates before anything changes
+        if existing is None:
+            if self._state == _RUNNING:
+                service.bind()
+            self._services[name] = service
+        elif self._state == _RUNNING:
+            self._engine.wake()
+
+    def task(
+        self,
+        name: str,
+        *,
+        uses: str | None = None,
+        retry: int = 1,
+        backoff: Backoff | float | None = None,
+        retry_on: RetryOn = Exception,
+        timeout: float | None = None,
+    ) -> Callable[[F], F]:
+        """Register the decorated function (sync or async) as the handler of task ``name``.
+
+        :param uses: the service whose limits the handler runs under.
+        :param retry: attempts in all, the first included (1 = no retry).
+        :param backoff: a :class:`Backoff`, or a number used as its ``base``.
+        :param retry_on: exception types, or a predicate on the exception, that deserve a retry.
+        :param timeout: seconds before an attempt fails with ``HandlerTimeout``.
+        """
+        if not isinstance(name, str) or not name:
+            msg = f"a task name must be a non-empty string, got {name!r}"
+            raise ValueError(msg)
+        if name in self._tasks:
+            msg = f"task {name!r} is already registered; give the new handler another name"
+            raise ValueError(msg)
+        if uses is not None and uses not in self._services:
+            known = ", ".join(repr(s) for s in self._services if s is not None) or "none yet"
+            msg = (
+                f"task {name!r} uses service {uses!r}, which is not declared (declared: {known});"
+                f" call cue.service({uses!r}, ...) before registering the task"
+            )
+            raise UnknownServiceError(msg)
+        if isinstance(retry, bool) or not isinstance(retry, int) or retry < 1:
+            msg = f"task {name!r}: retry counts attempts and must be a whole number >= 1, got {retry!r}"
+            raise ValueError(msg)
+        if backoff is None:
+            policy = Backoff()
+        elif isinstance(backoff, Backoff):
+            policy = backoff
+        elif isinstance(backoff, (int, float)) and not isinstance(backoff, bool):
+            policy = Backoff(base=float(backoff))
+        else:
+            msg = f"task {name!r}: backoff must be a runcue.Backoff or a number, got {backoff!r}"
+            raise TypeError(msg)
+        if not (callable(retry_on) or isinstance(retry_on, tuple)):
+            msg = f"task {name!r}: retry_on must be exception types or a predicate, got {retry_on!r}"
+            raise TypeError(msg)
+        limit = _check_seconds(f"task {name!r}: timeout", timeout)
+
+        def register(handler: F) -> F:
+            if not callable(handler):
+                msg = f"task {name!r}: the handler must be callable, got {handler!r}"
+                raise TypeError(msg)
+            self._tasks[name] = TaskSpec(
+                name=name,
+                handler=handler,
+                is_async=is_async_callable(handler),
+                service=uses,
+                retry=retry,
+                backoff=policy,
+                retry_on=retry_on,
+                timeout=limit,
+            )
+            return handler
+
+        return register
+
+    def get_task(self, name: str) -> TaskSpec | None:
+        """The registration of task ``name``, or None."""
+        return self._tasks.get(name)
+
+    def _hook(self, slot: str, func: F) -> F:
+        if not callable(func):
+            msg = f"@cue.{slot} must decorate a function, got {func!r}"
+            raise TypeError(msg)
+        setattr(self._hooks, slot, func)
+        return func
+
+    def is_ready(self, func: F) -> F:
+        """Register ``is_ready(work) -> bool``: are the inputs there? False keeps it pending."""
+        return self._hook("is_ready", func)
+
+    def is_stale(self, func: F) -> F:
+        """Register ``is_stale(work) -> bool``: does it need to run? False skips it."""
+        return self._hook("is_stale", func)
+
+    def priority(self, func: F) -> F:
+        """Register ``priority(ctx) -> float`` in 0.0..1.0, higher first (see PriorityContext)."""
+        return self._hook("priority", func)
+
+    def on_start(self, func: F) -> F:
+        """Register ``on_start(work)``, called as each attempt starts."""
+        return self._hook("on_start", func)
+
+    def on_complete(self, func: F) -> F:
+        """Register ``on_complete(work, result, duration)``."""
+        return self._hook("on_complete", func)
+
+    def on_failure(self, func: F) -> F:
+        """Register ``on_failure(work, error)``, called once, after the last attempt."""
+        return self._hook("on_failure", func)
+
+    def on_skip(self, func: F) -> F:
+        """Register ``on_skip(work)``, called when ``is_stale`` said the output is valid."""
+        return self._hook("on_skip", func)
+
+    def on_retry(self, func: F) -> F:
+        """Register ``on_retry(work, error, delay)``, called before each retry."""
+        return self._hook("on_retry", func)
+
+    def on_cancel(self, func: F) -> F:
+        """Register ``on_cancel(work)``, called when work ends cancelled."""
+        return self._hook("on_cancel", func)
+
+    def on_pending_warning(self, func: F) -> F:
+        """Register ``on_pending_warning(work, seconds)`` (see ``pending_warn_after``)."""
+        return self._hook("on_pending_warning", func)
+
+    def on_stall_warning(self, func: F) -> F:
+        """Register ``on_stall_warning(seconds_since_progress, pending_count)``."""
+        return self._hook("on_stall_warning", func)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Cue:
+        if self._state != _NEW:
+            msg = (
+                f"this Cue is {self._state} and cannot be entered again; a Cue runs once:"
+                " create a new runcue.Cue() for each run"
+            )
+            raise CueStateError(msg)
+        if self._mode is None:
+            self._mode = "context"
+        self._state = _RUNNING
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        try:
+            self._engine.bind(tg)
+            await tg.start(self._run_loop)
+        except BaseException:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+            raise
+        self._entered.set()
+        return self
+
+    async def _run_loop(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        with anyio.CancelScope() as scope:
+            self._loop_scope = scope
+            await self._engine.loop(task_status=task_status)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        assert self._tg is not None
+        try:
+            if exc_type is None and self._state == _RUNNING:
+                await self._engine.join()
+                await self._shutdown(None)
+        finally:
+            if self._state == _RUNNING:
+                # Leaving by an exception (or cancelled while joining): cancel everything.
+                self._state = _STOPPING
+                self._engine.closing = True
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await self._engine.cancel_all_pending(
+                        "the cue was left by an exception before this work ran"
+                    )
+            self._tg.cancel_scope.cancel()
+            try:
+                await self._tg.__aexit__(None, None, None)
+            except BaseExceptionGroup as group:
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from None
+                raise
+            finally:
+                self._state = _STOPPED
+                self._closed.set()
+        return False
+
+    def __enter__(self) -> None:
+        msg = "a Cue is an async context manager: use 'async with runcue.Cue() as cue:'"
+        raise CueStateError(msg)
+
+    def __exit__(self, *args: object) -> None:  # pragma: no cover - __enter__ always raises
+        return None
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run under the caller's task group (``await tg.start(cue.run)``) until ``stop()``."""
+        self._mode = "run"
+        async with self:
+            task_status.started()
+            await self._stop_requested.wait()
+
+    def start(self) -> None:
+        """Start the cue in the background from async code (asyncio or trio); see ``stop()``.
+
+        Calling it again while the cue runs does nothing.
+        """
+        if self._mode == "background" and self._state in (_NEW, _RUNNING):
+            return
+        if self._state != _NEW:
+            msg = f"this Cue is {self._state}; a Cue runs once: create a new runcue.Cue()"
+            raise CueStateError(msg)
+        self._mode = "background"
+        if _backend.spawn_background(self._background) is None:
+            self._mode = None
+            msg = (
+                "cue.start() needs a running event loop: call it from async code (asyncio or"
+                " trio), or use 'async with runcue.Cue() as cue:'"
+            )
+            raise CueStateError(msg)
+
+    async def _background(self) -> None:
+        try:
+            await self.run()
+        except BaseException as exc:  # noqa: BLE001 - handed to stop(), which re-raises it
+            self._background_error = exc
+            self._entered.set()
+            self._closed.set()
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop: start nothing new, wait for running work, then close.
+
+        Work still pending ends ``cancelled`` (``on_cancel`` fires, ``wait()`` raises
+        ``WorkCancelled``, and the ``runcue`` logger warns with the count). Running work gets
+        ``timeout`` seconds (None: as long as it takes), then is cancelled.
+        """
+        limit = _check_seconds("timeout", timeout)
+        if self._state == _NEW and self._mode != "background":
+            self._state = _STOPPED
+            self._engine.closing = True
+            await self._engine.cancel_all_pending("the cue was stopped before it started")
+            self._closed.set()
+            return
+        if self._mode == "background":
+            await self._entered.wait()
+        if self._state == _RUNNING:
+            await self._shutdown(limit)
+        self._stop_requested.set()
+        if self._mode in ("background", "run"):
+            await self._closed.wait()
+        error, self._background_error = self._background_error, None
+        if error is not None and not isinstance(error, anyio.get_cancelled_exc_class()):
+            raise error
+
+    async def _shutdown(self, timeout: float | None) -> None:
+        self._state = _STOPPING
+        engine = self._engine
+        engine.closing = True
+        engine.wake()
+        await engine.cancel_all_pending("the cue stopped before this work ran")
+        if timeout is None:
+            await engine.wait_no_running()
+        else:
+            with anyio.move_on_after(timeout):
+                await engine.wait_no_running()
+            if engine.running:
+                engine.cancel_running()
+                await engine.wait_no_running()
+        if self._loop_scope is not None:
+            self._loop_scope.cancel()
+        self._state = _STOPPED if self._mode is None else self._state
+
+    # ------------------------------------------------------------------ work
+
+    async def submit(
+        self,
+        task: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        priority: float | None = None,
+        key: Any = None,
+    ) -> str:
+        """Queue work for ``task``; returns its id.
+
+        Work equal to work already pending or running (same task and equal params, or the
+        same ``key``) is not queued twice: the existing id is returned.
+
+        :raises UnknownTaskError: for a task nobody registered.
+        :raises TypeError: when params is not a mapping.
+        :raises CueStateError: after ``stop()``.
+        """
+        if self._state in (_STOPPING, _STOPPED):
+            msg = (
+                f"cannot submit to a {self._state} Cue; submit inside 'async with Cue() as cue:'"
+                " or between cue.start() and cue.stop()"
+            )
+            raise CueStateError(msg)
+        spec = self._tasks.get(task)
+        if spec is None:
+            known = ", ".join(repr(name) for name in self._tasks) or "none"
+            msg = f"unknown task {task!r} (registered: {known}); register it with @cue.task({task!r})"
+            raise UnknownTaskError(msg)
+        if params is None:
+            params = {}
+        elif not isinstance(params, Mapping):
+            msg = f"params must be a mapping such as a dict, got {type(params).__name__}: {params!r}"
+            raise TypeError(msg)
+        else:
+            params = dict(params)
+        if priority is None:
+            priority = 0.5
+        elif isinstance(priority, bool) or not isinstance(priority, (int, float)) or not (
+            0.0 <= priority <= 1.0
+        ):
+            msg = f"priority must be a number from 0.0 to 1.0 (higher runs first), got {priority!r}"
+            raise ValueError(msg)
+        if key is not None:
+            dedup_key: Any = ("key", key)
+        else:
+            dedup_key = (task, _freeze(params))
+        self._ids += 1
+        work = WorkUnit(
+            f"{self._id_prefix}-{self._ids}",
+            task,
+            params,
+            priority=float(priority),
+            key=key,
+            created_at=time.time(),
+        )
+        work._task = spec
+        return self._engine.submit(work, dedup_key).id
+
+    def _find(self, work_id: str) -> WorkUnit | None:
+        engine = self._engine
+        return engine.works.get(work_id) or engine.finished.get(work_id)
+
+    async def get(self, work_id: str) -> WorkUnit | None:
+        """The work unit with this id, or None (never submitted, or no longer kept)."""
+        return self._find(work_id)
+
+    async def list(
+        self,
+        *,
+        state: WorkState | str | None = None,
+        task: str | None = None,
+        limit: int | None = 100,
+    ) -> list[WorkUnit]:
+        """Known work units, pending and running first, then finished, oldest first."""
+        wanted = WorkState(state) if state is not None else None
+        found: list[WorkUnit] = []
+        for pool in (self._engine.works, self._engine.finished):
+            for work in list(pool.values()):
+                if wanted is not None and work.state is not wanted:
+                    continue
+                if task is not None and work.task != task:
+                    continue
+                found.append(work)
+                if limit is not None and len(found) >= limit:
+                    return found
+        return found
+
+    async def cancel(self, work_id: str) -> bool:
+        """Cancel pending or running work. True if it was cancelled, False if it had finished.
+
+        Running async handlers are cancelled through their cancel scope; a running sync
+        handler cannot be interrupted: the work ends cancelled now, its thread runs on and
+        keeps its concurrency slot until it returns, and its result is dropped.
+        """
+        work = self._find(work_id)
+        if work is None:
+            return False
+        return await self._engine.cancel(work, f"work {work_id} ({work.task}) was cancelled")
+
+    async def wait(self, work_id: str) -> Any:
+        """Wait until the work finishes; return its result (None when skipped).
+
+        :raises: the handler's own exception when it failed, ``WorkCancelled`` when it was
+            cancelled, ``PendingTimeout``/``StallTimeout`` when it timed out while pending,
+            ``WorkNotFound`` for an unknown id.
+        """
+        work = self._find(work_id)
+        if work is None:
+            msg = f"no work with id {work_id!r} is known (never submitted, or no longer kept)"
+            raise WorkNotFound(msg)
+        await self._engine.wait_for(work)
+        if work.state is WorkState.COMPLETED:
+            return work.result
+        if work.exception is not None:
+            raise work.exception
+        raise WorkCancelled(f"work {work_id} ({work.task}) was cancelled")
+
+    async def join(self) -> None:
+        """Wait until nothing is pending or running."""
+        await self._engine.join()
+
+    def poke(self) -> None:
+        """Ask ``is_ready`` again for every waiting work now (an artifact changed outside)."""
+        self._engine.poke()
+
+    # ------------------------------------------------------------------ diagnosis
+
+    def debug_blocked(self) -> list[dict[str, Any]]:
+        """Every pending work with why it is not running.
+
+        Each item is ``{"work", "reason", "details"}``; reasons: ``not_ready``,
+        ``check_error``, ``service_full``, ``rate_limited``, ``paused``, ``threads_full``,
+        ``retry_wait``, ``queued``, ``checking``, ``stopping``. (``unknown_task`` cannot occur:
+        ``submit()`` rejects unknown tasks.)
+        """
+        engine = self._engine
+        blocked = []
+        for work in list(engine.works.values()):
+            if work.state is WorkState.PENDING:
+                reason, details = engine.describe(work)
+                blocked.append({"work": work, "reason": reason, "details": details})
+        return blocked
+
+    def explain(self, work_id: str) -> str:
+        """One sentence on where this work stands and, if pending, why it is not running."""
+        work = self._find(work_id)
+        if work is None:
+            return f"work {work_id!r} is not known (never submitted, or no longer kept)."
+        name = f"work {work.id} ({work.task})"
+        if work.state is WorkState.PENDING:
+            reason, details = self._engine.describe(work)
+            return f"{name} is pending: {reason} - {details}."
+        if work.state is WorkState.RUNNING:
+            return f"{name} is running (attempt {work.attempt})."
+        if work.skipped:
+            return f"{name} was skipped: is_stale said its output is valid."
+        if work.state is WorkState.COMPLETED:
+            return f"{name} completed."
+        return f"{name} is {work.state.value}: {work.error}."
+
+    def stats(self) -> CueStats:
+        """A frozen snapshot of every counter (see :class:`CueStats`)."""
+        engine = self._engine
+        running = self._state in (_RUNNING, _STOPPING)
+        now = anyio.current_time() if running else 0.0
+        pending_by: dict[str | None, int] = {}
+        for work in engine.works.values():
+            if work.state is WorkState.PENDING:
+                name = work._task.service
+                pending_by[name] = pending_by.get(name, 0) + 1
+        services: dict[str | None, ServiceStats] = {}
+        for name, service in self._services.items():
+            windows: tuple[RateWindowStats, ...] = ()
+            next_free = 0.0
+            if service.rate is not None:
+                if running:
+                    windows = tuple(
+                        RateWindowStats(spec.limit, spec.period, used)
+                        for spec, used in service.rate.used()
+                    )
+                    next_free = max(0.0, service.rate.next_free() - now)
+                else:
+                    windows = tuple(RateWindowStats(s.limit, s.period, 0) for s in service.rate.specs)
+            services[name] = ServiceStats(
+                name=name,
+                concurrent=service.concurrent,
+                rate=service.rate_text,
+                pending=pending_by.get(name, 0),
+                running=service.running,
+                started=service.started,
+                completed=service.completed,
+                failed=service.failed,
+                skipped=service.skipped,
+                retried=service.retried,
+                max_running=service.max_running,
+                windows=windows,
+                next_free_slot=next_free,
+                paused_for=max(0.0, service.paused_until - now) if running else 0.0,
+            )
+        elapsed = now - engine.started_at if running else 0.0
+        done = engine.completed + engine.failed
+        return CueStats(
+            submitted=engine.submitted,
+            pending=engine.pending,
+            running=engine.running,
+            completed=engine.completed,
+            failed=engine.failed,
+            skipped=engine.skipped,
+            cancelled=engine.cancelled,
+            retried=engine.retried,
+            elapsed=elapsed,
+            throughput=done / elapsed if elapsed > 0 else 0.0,
+            services=services,
+        )
+
+    def __repr__(self) -> str:
+        engine = self._engine
+        return (
+            f"<runcue.Cue {self._state}: {engine.pending} pending, {engine.running} running,"
+            f" {len(self._tasks)} tasks, {len(self._services) - 1} services>"
+        )
+

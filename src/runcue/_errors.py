@@ -1,0 +1,96 @@
+"""The exceptions runcue raises, and the one a handler raises to say "slow down".
+
+The tree::
+
+    RuncueError
+    ├── CueStateError (also RuntimeError)      the cue was used in the wrong state
+    ├── UnknownTaskError (also ValueError)     submit() of a task nobody registered
+    ├── UnknownServiceError (also ValueError)  a task uses a service nobody declared
+    ├── InvalidRateError (also ValueError)     a rate string that does not parse
+    ├── WorkNotFound (also KeyError)           an id the cue does not know (or no longer keeps)
+    ├── WorkCancelled                          wait() on work that was cancelled
+    ├── WorkTimeout (also TimeoutError)
+    │   ├── PendingTimeout                     waited longer than ``pending_timeout``
+    │   ├── StallTimeout                       nothing progressed for ``stall_timeout``
+    │   └── HandlerTimeout                     the handler ran past its task's ``timeout``
+    └── RateLimited                            raised *by a handler*: pause the service
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CueStateError",
+    "HandlerTimeout",
+    "InvalidRateError",
+    "PendingTimeout",
+    "RateLimited",
+    "RuncueError",
+    "StallTimeout",
+    "UnknownServiceError",
+    "UnknownTaskError",
+    "WorkCancelled",
+    "WorkNotFound",
+    "WorkTimeout",
+]
+
+
+class RuncueError(Exception):
+    """The base of every exception runcue defines."""
+
+
+class CueStateError(RuncueError, RuntimeError):
+    """The cue was used in a state that does not allow the call (the message names the fix)."""
+
+
+class UnknownTaskError(RuncueError, ValueError):
+    """``submit()`` named a task that no ``@cue.task`` registered."""
+
+
+class UnknownServiceError(RuncueError, ValueError):
+    """A task declared ``uses=`` a service that ``cue.service()`` never declared."""
+
+
+class InvalidRateError(RuncueError, ValueError):
+    """A rate string such as ``"60/min"`` did not parse."""
+
+
+class WorkNotFound(RuncueError, KeyError):
+    """No work with this id is known (never submitted, or finished and no longer kept)."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; a sentence reads better
+        return str(self.args[0]) if self.args else "work not found"
+
+
+class WorkCancelled(RuncueError):
+    """The work was cancelled before it finished: ``wait()`` raises this."""
+
+
+class WorkTimeout(RuncueError, TimeoutError):
+    """Work failed because a time limit ran out."""
+
+
+class PendingTimeout(WorkTimeout):
+    """The work stayed pending longer than the cue's ``pending_timeout``."""
+
+
+class StallTimeout(WorkTimeout):
+    """Nothing started or finished for ``stall_timeout`` seconds while this work was pending."""
+
+
+class HandlerTimeout(WorkTimeout):
+    """The handler ran longer than its task's ``timeout``."""
+
+
+class RateLimited(RuncueError):
+    """Raise from a handler when the service said "slow down" (for example HTTP 429).
+
+    The whole service pauses for ``retry_after`` seconds (no work of it starts), then the work
+    runs again; this attempt does not count against the task's ``retry`` budget.
+    """
+
+    def __init__(self, retry_after: float = 1.0, message: str | None = None) -> None:
+        if not retry_after >= 0:
+            msg = f"retry_after must be a number of seconds >= 0, got {retry_after!r}"
+            raise ValueError(msg)
+        self.retry_after = float(retry_after)
+        super().__init__(message or f"rate limited by the service; retry after {retry_after:g}s")

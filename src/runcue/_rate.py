@@ -1,0 +1,200 @@
+"""Rate strings ("60/min", "100/15min;10/s") and the exact sliding-window limiter.
+
+Everything here is plain synchronous code over an injected clock: it never awaits and never
+sleeps, so it is tested without an event loop.
+
+The invariant a :class:`SlidingWindow` keeps: in every half-open interval ``[t, t + period)``
+at most ``limit`` admissions were recorded. A :class:`RateLimiter` holds several windows and
+admits into all of them or none.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from ._errors import InvalidRateError
+
+__all__ = ["RateLimiter", "RateSpec", "SlidingWindow", "parse_rate"]
+
+_UNIT_SECONDS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "secs": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "mins": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "h": 3600.0,
+    "hr": 3600.0,
+    "hrs": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+    "days": 86400.0,
+}
+
+_ONE_RATE = re.compile(
+    r"""^\s*(?P<limit>\d+)\s*/\s*(?P<multiplier>\d+(?:\.\d+)?|\.\d+)?\s*(?P<unit>[A-Za-z]+)\s*$"""
+)
+
+_GRAMMAR = (
+    "write 'N/unit' or 'N/<multiplier><unit>' with N >= 1, units s/sec/second(s), "
+    "m/min/minute(s), h/hr/hour(s), d/day(s), several joined by ';' "
+    "(e.g. '60/min', '100/15min', '60/min;10/10s')"
+)
+
+
+@dataclass(frozen=True)
+class RateSpec:
+    """One window of a rate: at most ``limit`` starts in any ``period`` seconds."""
+
+    limit: int
+    period: float
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.period:g}s"
+
+
+def parse_rate(rate: str) -> tuple[RateSpec, ...]:
+    """Parse a rate string into its windows.
+
+    :raises InvalidRateError: (a ``ValueError``) naming the bad string and the grammar.
+    """
+    if not isinstance(rate, str):
+        msg = f"rate must be a string such as '60/min', got {rate!r}; {_GRAMMAR}"
+        raise InvalidRateError(msg)
+    parts = [part for part in rate.split(";") if part.strip()]
+    if not parts:
+        msg = f"invalid rate {rate!r}: it is empty; {_GRAMMAR}"
+        raise InvalidRateError(msg)
+    specs: list[RateSpec] = []
+    for part in parts:
+        match = _ONE_RATE.match(part)
+        if match is None:
+            msg = f"invalid rate {rate!r}: cannot read {part.strip()!r}; {_GRAMMAR}"
+            raise InvalidRateError(msg)
+        unit = match["unit"].lower()
+        if unit not in _UNIT_SECONDS:
+            msg = f"invalid rate {rate!r}: unknown unit {match['unit']!r}; {_GRAMMAR}"
+            raise InvalidRateError(msg)
+        limit = int(match["limit"])
+        multiplier = float(match["multiplier"]) if match["multiplier"] else 1.0
+        if limit < 1 or multiplier <= 0:
+            msg = f"invalid rate {rate!r}: the count and the multiplier must be positive; {_GRAMMAR}"
+            raise InvalidRateError(msg)
+        specs.append(RateSpec(limit, multiplier * _UNIT_SECONDS[unit]))
+    return tuple(specs)
+
+
+class SlidingWindow:
+    """At most ``limit`` admissions in any window of ``period`` seconds; never awaits."""
+
+    __slots__ = ("_clock", "_starts", "limit", "period")
+
+    def __init__(
+        self,
+        limit: int,
+        period: float,
+        *,
+        clock: Callable[[], float],
+        history: Iterable[float] = (),
+    ) -> None:
+        if limit < 1 or not period > 0:
+            msg = f"need limit >= 1 and period > 0, got {limit!r}/{period!r}"
+            raise ValueError(msg)
+        self.limit = limit
+        self.period = period
+        self._clock = clock
+        self._starts: deque[float] = deque(sorted(history))
+
+    def _prune(self, now: float) -> None:
+        starts, period = self._starts, self.period
+        # `start + period <= now` is the same float expression next_free() returns, so waking
+        # at exactly next_free() always frees the slot (no spin on rounding).
+        while starts and starts[0] + period <= now:
+            starts.popleft()
+
+    def used(self) -> int:
+        """Admissions inside the current window."""
+        self._prune(self._clock())
+        return len(self._starts)
+
+    def next_free(self, now: float | None = None) -> float:
+        """The earliest time at which one more admission keeps the invariant."""
+        if now is None:
+            now = self._clock()
+        self._prune(now)
+        excess = len(self._starts) - self.limit
+        if excess < 0:
+            return now
+        return self._starts[excess] + self.period
+
+    def admit(self, now: float | None = None) -> None:
+        """Record an admission now. The caller checked :meth:`next_free` first."""
+        self._starts.append(self._clock() if now is None else now)
+
+    def history(self) -> Sequence[float]:
+        """The admissions still inside the window, oldest first."""
+        self._prune(self._clock())
+        return tuple(self._starts)
+
+
+class RateLimiter:
+    """Several sliding windows that admit together or not at all."""
+
+    __slots__ = ("_clock", "specs", "windows")
+
+    def __init__(
+        self,
+        specs: Sequence[RateSpec],
+        *,
+        clock: Callable[[], float],
+        history: Iterable[float] = (),
+    ) -> None:
+        if not specs:
+            msg = "a rate limiter needs at least one window"
+            raise ValueError(msg)
+        past = tuple(history)
+        self.specs = tuple(specs)
+        self._clock = clock
+        now = clock() if past else 0.0
+        self.windows = tuple(
+            SlidingWindow(
+                spec.limit,
+                spec.period,
+                clock=clock,
+                history=[t for t in past if t + spec.period > now],
+            )
+            for spec in specs
+        )
+
+    def next_free(self, now: float | None = None) -> float:
+        """The earliest time at which every window admits one more start."""
+        if now is None:
+            now = self._clock()
+        return max(window.next_free(now) for window in self.windows)
+
+    def try_admit(self) -> bool:
+        """Admit now into every window if all have room; otherwise change nothing."""
+        now = self._clock()
+        if self.next_free(now) > now:
+            return False
+        for window in self.windows:
+            window.admit(now)
+        return True
+
+    def history(self) -> tuple[float, ...]:
+        """The starts still remembered by the longest window (to carry over a reconfiguration)."""
+        longest = max(self.windows, key=lambda window: window.period)
+        return tuple(longest.history())
+
+    def used(self) -> list[tuple[RateSpec, int]]:
+        """Each window with the number of starts inside it now."""
+        return [(spec, window.used()) for spec, window in zip(self.specs, self.windows)]

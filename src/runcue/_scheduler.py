@@ -1,0 +1,854 @@
+"""The event-driven core: where pending work waits, when it is checked, and when it starts.
+
+One scheduler task owns every pending work unit. It sleeps on one memory object stream until
+something can change -- a submission, a finished attempt (a ``None`` "wake" item, coalesced so
+a burst of completions costs one wake), a free rate slot, a retry coming due, a pending or
+stall deadline, or the periodic recheck of work that was not ready. Nothing polls at a fixed
+interval: an idle cue sleeps without a deadline.
+
+Where a pending work unit is (``work._where``):
+
+- ``INTAKE``: submitted, not yet seen by the scheduler (in the stream).
+- ``QUEUED``: in its service's priority heap, waiting for room. Its checks are asked only
+  when room exists, right before it would start, so they see the freshest artifacts and work
+  behind a full service costs no check calls at all.
+- ``PARKED``: ``is_ready`` said no (or a check raised). A sweep puts every parked work back
+  into its queue; sweeps follow completions (at most one per scheduler wake-up, and spaced so
+  that re-asking takes at most about a quarter of the time), ``cue.poke()``, and the periodic
+  ``recheck_interval`` (stretched so background rechecks stay under about 2 % of a core).
+- ``DELAYED``: failed, waiting for its retry backoff to end.
+- ``CHECKING``: its checks are being asked.
+- ``RUNNING``: its handler runs in its own task, inside its own cancel scope.
+
+Ordering inside a service: a binary heap keyed on ``submitted / priority_aging - priority``,
+then submission order. With that key every waiting work unit "ages" at the same rate, so the
+relative order never changes while they wait: choosing the next work is O(log n), higher
+priority goes first, equal priority is FIFO, and a low-priority unit overtakes newer
+high-priority ones after ``priority_aging`` seconds per unit of priority (no starvation).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskGroup
+
+from ._checks import CheckRunner
+from ._errors import (
+    HandlerTimeout,
+    PendingTimeout,
+    RateLimited,
+    StallTimeout,
+    WorkCancelled,
+)
+from ._hooks import Hooks, call_hook, logger
+from ._service import Service
+from ._task import TaskSpec
+from ._work import PriorityContext, WorkState, WorkUnit
+
+if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+__all__ = ["Scheduler"]
+
+NOWHERE, INTAKE, QUEUED, PARKED, DELAYED, CHECKING, RUNNING = range(7)
+BATCH_MAX = 256  # most work units checked in one go per service
+SWEEP_BUDGET = 3.0  # completion sweeps wait >= this x the check time the last sweep cost
+PERIODIC_BUDGET = 50.0  # periodic sweeps wait >= this x the check time the last sweep cost
+_WARN, _TIMEOUT = 0, 1
+
+
+def _clamp_priority(value: object) -> float:
+    number = float(value)  # type: ignore[arg-type]
+    if math.isnan(number):
+        return 0.5
+    return min(1.0, max(0.0, number))
+
+
+class _ThreadCall:
+    """A sync handler's call in a worker thread, which may outlive the wait for it."""
+
+    __slots__ = ("_lock", "abandoned", "done", "finished")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.finished = False
+        self.abandoned = False
+        self.done: anyio.Event | None = None
+
+    def run(self, handler: Callable[[WorkUnit], Any], work: WorkUnit) -> Any:
+        try:
+            return handler(work)
+        finally:
+            with self._lock:
+                self.finished = True
+                tell = self.abandoned
+            if tell and self.done is not None:
+                try:
+                    anyio.from_thread.run_sync(self.done.set)
+                except Exception:  # noqa: BLE001 - the event loop is gone; nobody waits
+                    pass
+
+    def abandon(self) -> bool:
+        """Stop waiting; True when the thread is still running (then ``done`` will be set)."""
+        with self._lock:
+            if self.finished:
+                return False
+            self.abandoned = True
+            self.done = anyio.Event()
+            return True
+
+
+class Scheduler:
+    """Owns pending work, decides what starts, runs attempts and reports outcomes."""
+
+    def __init__(
+        self,
+        *,
+        tasks: dict[str, TaskSpec],
+        services: dict[str | None, Service],
+        hooks: Hooks,
+        checks: CheckRunner,
+        pending_warn_after: float | None,
+        pending_timeout: float | None,
+        stall_warn_after: float | None,
+        stall_timeout: float | None,
+        recheck_interval: float,
+        priority_aging: float,
+        keep_finished: int | None,
+        max_threads: int,
+        seed: int | None,
+    ) -> None:
+        self.tasks = tasks
+        self.services = services
+        self.hooks = hooks
+        self.checks = checks
+        self.pending_warn_after = pending_warn_after
+        self.pending_timeout = pending_timeout
+        self.stall_warn_after = stall_warn_after
+        self.stall_timeout = stall_timeout
+        self.recheck_interval = recheck_interval
+        self.priority_aging = priority_aging
+        self.keep_finished = keep_finished
+        self.max_threads = max_threads
+        self.rng = random.Random(seed)
+
+        send, receive = anyio.create_memory_object_stream[WorkUnit | None](math.inf)
+        self._send: MemoryObjectSendStream[WorkUnit | None] = send
+        self._receive: MemoryObjectReceiveStream[WorkUnit | None] = receive
+        self._wake_in_stream = False
+        self.tg: TaskGroup | None = None
+        self.closing = False
+
+        self.works: dict[str, WorkUnit] = {}  # pending and running
+        self.finished: OrderedDict[str, WorkUnit] = OrderedDict()
+        self.dedup: dict[Any, WorkUnit] = {}
+        self.parked: dict[str, WorkUnit] = {}
+        self.delayed: list[tuple[float, int, int, WorkUnit]] = []
+        self.deadlines: list[tuple[float, int, int, float, WorkUnit]] = []
+        self.queued_services: dict[Service, None] = {}  # services with queued work, in order
+        self._threads: anyio.CapacityLimiter | None = None  # sync handlers on unlimited services
+        self._run_threads: anyio.CapacityLimiter | None = None  # never blocks: gated above
+
+        self.seq = 0
+        self.running = 0
+        self.submitted = 0
+        self.completed = 0
+        self.failed = 0
+        self.skipped = 0
+        self.cancelled = 0
+        self.retried = 0
+        self.started_at = 0.0
+        self.last_progress = 0.0
+        self.stall_warned = False
+
+        self._sweep_wanted = False
+        self._last_sweep = -math.inf
+        self._sweep_cost = 0.0  # check seconds spent since the last sweep
+        self._last_sweep_cost = 0.0
+
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._no_running: anyio.Event | None = None
+        self._waiters: dict[str, anyio.Event] = {}
+
+    # ------------------------------------------------------------------ intake
+
+    @property
+    def pending(self) -> int:
+        """Work units submitted and not yet running or finished."""
+        return len(self.works) - self.running
+
+    def bind(self, tg: TaskGroup) -> None:
+        """Attach to the task group that will own every running work (inside the loop)."""
+        self.tg = tg
+        now = anyio.current_time()
+        self.started_at = self.last_progress = now
+        self._threads = anyio.CapacityLimiter(self.max_threads)
+        self._run_threads = anyio.CapacityLimiter(math.inf)
+        for service in self.services.values():
+            if service.limiter is None:
+                service.bind()
+
+    def submit(self, work: WorkUnit, dedup_key: Any) -> WorkUnit:
+        """Take a new work unit (validated by the Cue); returns the live twin if one exists."""
+        if dedup_key is not None:
+            twin = self.dedup.get(dedup_key)
+            if twin is not None:
+                return twin
+            self.dedup[dedup_key] = work
+            work._dedup_key = dedup_key
+        self.seq += 1
+        work._seq = self.seq
+        now = anyio.current_time()
+        work._submitted = now
+        work._where = INTAKE
+        self.works[work.id] = work
+        self.submitted += 1
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        self._mark_pending(work, now)
+        self._send.send_nowait(work)
+        return work
+
+    def wake(self) -> None:
+        """Make the scheduler look again soon (coalesced: one wake item at a time)."""
+        if not self._wake_in_stream:
+            self._wake_in_stream = True
+            self._send.send_nowait(None)
+
+    def poke(self) -> None:
+        """Recheck every parked work now."""
+        self._sweep_wanted = True
+        self._last_sweep = -math.inf
+        self.wake()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def loop(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """The scheduler task: runs until cancelled."""
+        receive = self._receive
+        with receive:
+            task_status.started()
+            while True:
+                self._drain(receive)
+                await self._tick()
+                deadline = self._next_deadline()
+                timeout = deadline - anyio.current_time()
+                if timeout <= 0:
+                    continue
+                if timeout == math.inf:
+                    item = await receive.receive()
+                    self._accept(item)
+                else:
+                    with anyio.move_on_after(timeout):
+                        item = await receive.receive()
+                        self._accept(item)
+
+    def _drain(self, receive: MemoryObjectReceiveStream[WorkUnit | None]) -> None:
+        while True:
+            try:
+                item = receive.receive_nowait()
+            except anyio.WouldBlock:
+                return
+            self._accept(item)
+
+    def _accept(self, item: WorkUnit | None) -> None:
+        if item is None:
+            self._wake_in_stream = False
+        elif item._where == INTAKE:
+            if self.closing:
+                return
+            self._enqueue(item, anyio.current_time())
+
+    async def _tick(self) -> None:
+        now = anyio.current_time()
+        self._due_retries(now)
+        if self.deadlines:
+            await self._due_deadlines(now)
+        if self.stall_warn_after is not None or self.stall_timeout is not None:
+            await self._check_stall(now)
+        if self.parked and self._sweep_due(now):
+            self._sweep(now)
+        if self.queued_services and not self.closing:
+            await self._dispatch()
+
+    def _next_deadline(self) -> float:
+        deadline = math.inf
+        if self.delayed:
+            deadline = self.delayed[0][0]
+        if self.deadlines:
+            deadline = min(deadline, self.deadlines[0][0])
+        if self.parked:
+            if self._sweep_wanted:
+                deadline = min(deadline, self._last_sweep + SWEEP_BUDGET * self._last_sweep_cost)
+            deadline = min(deadline, self._periodic_sweep_at())
+        if self.pending and (self.stall_warn_after is not None or self.stall_timeout is not None):
+            if self.stall_warn_after is not None and not self.stall_warned:
+                deadline = min(deadline, self.last_progress + self.stall_warn_after)
+            if self.stall_timeout is not None:
+                deadline = min(deadline, self.last_progress + self.stall_timeout)
+        if not self.closing:
+            now = anyio.current_time()
+            for service in self.queued_services:
+                if service.paused_until > now:
+                    deadline = min(deadline, service.paused_until)
+                elif service.limiter is not None and service.limiter.available_tokens > 0:
+                    deadline = min(deadline, service.next_rate_slot())
+        return deadline
+
+    # ------------------------------------------------------------------ queues
+
+    def _enqueue(self, work: WorkUnit, now: float) -> None:
+        service = self.services[work._task.service]
+        priority = work.priority
+        if self.hooks.priority is not None:
+            try:
+                context = PriorityContext(work, now - work._submitted, self.pending)
+                priority = _clamp_priority(self.hooks.priority(context))
+            except Exception:
+                logger.exception("runcue: the priority callback raised for %s; using %s", work,
+                                 work.priority)
+        work._token += 1
+        work._where = QUEUED
+        work._blocked = None
+        key = work._submitted / self.priority_aging - priority
+        heapq.heappush(service.queue, (key, work._seq, work._token, work))
+        service.queued += 1
+        self.queued_services[service] = None
+
+    def _pop(self, service: Service) -> WorkUnit | None:
+        queue = service.queue
+        while queue:
+            _, _, token, work = heapq.heappop(queue)
+            if work._where == QUEUED and work._token == token:
+                service.queued -= 1
+                return work
+        return None
+
+    def _unqueue(self, work: WorkUnit) -> None:
+        """Forget a pending work wherever it waits (its heap entries go stale)."""
+        where = work._where
+        if where == QUEUED:
+            service = self.services[work._task.service]
+            service.queued -= 1
+            if service.queued == 0:
+                service.queue.clear()
+                self.queued_services.pop(service, None)
+        elif where == PARKED:
+            self.parked.pop(work.id, None)
+        work._where = NOWHERE
+
+    def _park(self, work: WorkUnit, reason: str, details: str) -> None:
+        work._where = PARKED
+        work._blocked = (reason, details)
+        self.parked[work.id] = work
+
+    def _periodic_sweep_at(self) -> float:
+        gap = max(self.recheck_interval, PERIODIC_BUDGET * self._last_sweep_cost)
+        return self._last_sweep + gap
+
+    def _sweep_due(self, now: float) -> bool:
+        if self._sweep_wanted and now >= self._last_sweep + SWEEP_BUDGET * self._last_sweep_cost:
+            return True
+        return now >= self._periodic_sweep_at()
+
+    def _sweep(self, now: float) -> None:
+        """Put every parked work back into its queue, to be checked when room exists."""
+        self._sweep_wanted = False
+        self._last_sweep = now
+        self._last_sweep_cost = self._sweep_cost
+        self._sweep_cost = 0.0
+        parked, self.parked = self.parked, {}
+        for work in parked.values():
+            self._enqueue(work, now)
+
+    def _due_retries(self, now: float) -> None:
+        delayed = self.delayed
+        while delayed and delayed[0][0] <= now:
+            _, _, token, work = heapq.heappop(delayed)
+            if work._where == DELAYED and work._token == token:
+                self._enqueue(work, now)
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def _dispatch(self) -> None:
+        checks = self.checks
+        for service in list(self.queued_services):
+            while service.queued and not self.closing:
+                now = anyio.current_time()
+                free = service.free_slots(now)
+                if free <= 0:
+                    break
+                count = int(min(free, service.queued, BATCH_MAX))
+                batch: list[WorkUnit] = []
+                for _ in range(count):
+                    work = self._pop(service)
+                    if work is None:
+                        break
+                    work._where = CHECKING
+                    batch.append(work)
+                if checks.active:
+                    begun = time.perf_counter()
+                    verdicts = await checks.evaluate(batch)
+                    self._sweep_cost += time.perf_counter() - begun
+                    blocked = False
+                    for work, (verdict, details) in zip(batch, verdicts):
+                        if work._where != CHECKING:
+                            continue  # cancelled while its checks ran
+                        if verdict == "run":
+                            if blocked or not self._start(work, service):
+                                blocked = True
+                                self._enqueue(work, anyio.current_time())
+                        elif verdict == "skip":
+                            await self._skip(work, service)
+                        else:
+                            self._park(work, verdict, details)
+                    if blocked:
+                        break
+                else:
+                    for index, work in enumerate(batch):
+                        if not self._start(work, service):
+                            now = anyio.current_time()
+                            for rest in batch[index:]:
+                                self._enqueue(rest, now)
+                            break
+                    else:
+                        continue
+                    break
+            if service.queued == 0:
+                service.queue.clear()
+                self.queued_services.pop(service, None)
+
+    def _start(self, work: WorkUnit, service: Service) -> bool:
+        """Take room in the service and spawn the attempt; False when there is none now."""
+        spec: TaskSpec = work._task
+        borrower = object()
+        limiter = service.limiter
+        assert limiter is not None and self.tg is not None
+        try:
+            limiter.acquire_on_behalf_of_nowait(borrower)
+        except anyio.WouldBlock:
+            return False
+        thread_slot = False
+        if not spec.is_async and service.concurrent is None:
+            assert self._threads is not None
+            try:
+                self._threads.acquire_on_behalf_of_nowait(borrower)
+            except anyio.WouldBlock:
+                limiter.release_on_behalf_of(borrower)
+                work._blocked = ("threads_full", f"all {self.max_threads} worker threads busy")
+                return False
+            thread_slot = True
+        if service.rate is not None and not service.rate.try_admit():
+            limiter.release_on_behalf_of(borrower)
+            if thread_slot:
+                assert self._threads is not None
+                self._threads.release_on_behalf_of(borrower)
+            return False
+        work._where = RUNNING
+        work.state = WorkState.RUNNING
+        work.started_at = time.time()
+        work._blocked = None
+        self.running += 1
+        service.running += 1
+        service.started += 1
+        if service.running > service.max_running:
+            service.max_running = service.running
+        self.last_progress = anyio.current_time()
+        self.stall_warned = False
+        work._scope = anyio.CancelScope()
+        self.tg.start_soon(self._attempt, work, service, borrower, thread_slot)
+        return True
+
+    def _release(self, service: Service, borrower: object, thread_slot: bool) -> None:
+        assert service.limiter is not None
+        service.limiter.release_on_behalf_of(borrower)
+        if thread_slot:
+            assert self._threads is not None
+            self._threads.release_on_behalf_of(borrower)
+
+    # ------------------------------------------------------------------ one attempt
+
+    async def _attempt(
+        self, work: WorkUnit, service: Service, borrower: object, thread_slot: bool
+    ) -> None:
+        spec: TaskSpec = work._task
+        scope = work._scope
+        assert scope is not None
+        hooks = self.hooks
+        call: _ThreadCall | None = None
+        result: Any = None
+        error: BaseException | None = None
+        begun = anyio.current_time()
+        released = False
+        try:
+            with scope:
+                if hooks.on_start is not None:
+                    await call_hook("on_start", hooks.on_start, work)
+                try:
+                    if spec.timeout is None:
+                        if spec.is_async:
+                            result = await spec.handler(work)
+                        else:
+                            call = _ThreadCall()
+                            result = await anyio.to_thread.run_sync(
+                                call.run,
+                                spec.handler,
+                                work,
+                                abandon_on_cancel=True,
+                                limiter=self._run_threads,
+                            )
+                    else:
+                        with anyio.CancelScope(deadline=begun + spec.timeout) as limit:
+                            if spec.is_async:
+                                result = await spec.handler(work)
+                            else:
+                                call = _ThreadCall()
+                                result = await anyio.to_thread.run_sync(
+                                    call.run,
+                                    spec.handler,
+                                    work,
+                                    abandon_on_cancel=True,
+                                    limiter=self._run_threads,
+                                )
+                        if limit.cancelled_caught:
+                            error = HandlerTimeout(
+                                f"task {spec.name!r} ran longer than its timeout of"
+                                f" {spec.timeout:g}s"
+                            )
+                except Exception as exc:
+                    error = exc
+            duration = anyio.current_time() - begun
+            still_running = call is not None and call.abandon()
+            if not still_running:
+                self._release(service, borrower, thread_slot)
+                released = True
+            await self._conclude(work, service, scope, result, error, duration)
+            if still_running:
+                assert call is not None and call.done is not None
+                await call.done.wait()  # the thread keeps its slot until it returns
+        except BaseException:
+            # Cancelled from outside (the cue is stopping) or a KeyboardInterrupt-like error.
+            if work._where == RUNNING:
+                self._conclude_now(work, service, WorkCancelled("the cue stopped while it ran"))
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    if hooks.on_cancel is not None:
+                        await call_hook("on_cancel", hooks.on_cancel, work)
+            raise
+        finally:
+            if not released:
+                self._release(service, borrower, thread_slot)
+
+    async def _conclude(
+        self,
+        work: WorkUnit,
+        service: Service,
+        scope: anyio.CancelScope,
+        result: Any,
+        error: BaseException | None,
+        duration: float,
+    ) -> None:
+        """Report one attempt's outcome: complete, retry, pause, fail or cancel."""
+        hooks = self.hooks
+        spec: TaskSpec = work._task
+        self.running -= 1
+        service.running -= 1
+        self.last_progress = anyio.current_time()
+        self.stall_warned = False
+        if self.running == 0 and self._no_running is not None:
+            self._no_running.set()
+        if work._cancel_requested or scope.cancelled_caught:
+            self._finish(work, WorkState.CANCELLED, exception=WorkCancelled(
+                f"work {work.id} ({work.task}) was cancelled while it ran"))
+            self.cancelled += 1
+            if hooks.on_cancel is not None:
+                await call_hook("on_cancel", hooks.on_cancel, work)
+            return
+        if error is None:
+            service.completed += 1
+            self.completed += 1
+            self._finish(work, WorkState.COMPLETED, result=result)
+            if hooks.on_complete is not None:
+                await call_hook("on_complete", hooks.on_complete, work, result, duration)
+            return
+        if isinstance(error, RateLimited):
+            now = anyio.current_time()
+            service.paused_until = max(service.paused_until, now + error.retry_after)
+            logger.info(
+                "runcue: service %r paused for %.3gs (RateLimited from %s)",
+                service.name, error.retry_after, work,
+            )
+            if self._back_to_pending(work, now):
+                self._enqueue(work, now)
+            self.wake()
+            return
+        if spec.should_retry(error, work.attempt) and not self.closing:
+            delay = spec.backoff.delay(work.attempt, self.rng)
+            service.retried += 1
+            self.retried += 1
+            if hooks.on_retry is not None:
+                await call_hook("on_retry", hooks.on_retry, work, error, delay)
+            now = anyio.current_time()
+            if self._back_to_pending(work, now):
+                work.attempt += 1
+                work._token += 1
+                work._where = DELAYED
+                work.exception = error
+                heapq.heappush(self.delayed, (now + delay, work._seq, work._token, work))
+                self.wake()
+            return
+        service.failed += 1
+        self.failed += 1
+        self._finish(work, WorkState.FAILED, exception=error)
+        if hooks.on_failure is not None:
+            await call_hook("on_failure", hooks.on_failure, work, error)
+
+    def _back_to_pending(self, work: WorkUnit, now: float) -> bool:
+        """Make a finished attempt pending again; False (and cancelled) when the cue stops."""
+        work.state = WorkState.PENDING
+        work._where = NOWHERE
+        if self.closing:
+            self._finish(work, WorkState.CANCELLED, exception=WorkCancelled(
+                "the cue stopped before this work could run again"))
+            self.cancelled += 1
+            return False
+        self._mark_pending(work, now)
+        return True
+
+    def _conclude_now(self, work: WorkUnit, service: Service, error: BaseException) -> None:
+        """Synchronous bookkeeping for an attempt ended by outside cancellation."""
+        self.running -= 1
+        service.running -= 1
+        if self.running == 0 and self._no_running is not None:
+            self._no_running.set()
+        self.cancelled += 1
+        self._finish(work, WorkState.CANCELLED, exception=error)
+
+    async def _skip(self, work: WorkUnit, service: Service) -> None:
+        service.skipped += 1
+        self.skipped += 1
+        work.skipped = True
+        self.last_progress = anyio.current_time()
+        self.stall_warned = False
+        self._finish(work, WorkState.COMPLETED)
+        if self.hooks.on_skip is not None:
+            await call_hook("on_skip", self.hooks.on_skip, work)
+
+    def _finish(
+        self,
+        work: WorkUnit,
+        state: WorkState,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """Move a work unit to its terminal state and tell everyone who waits."""
+        self._unqueue(work)
+        work.state = state
+        work.result = result
+        work.exception = exception
+        work.completed_at = time.time()
+        work._scope = None
+        self.works.pop(work.id, None)
+        key = work._dedup_key
+        if key is not None and self.dedup.get(key) is work:
+            del self.dedup[key]
+        keep = self.keep_finished
+        if keep is None or keep > 0:
+            self.finished[work.id] = work
+            if keep is not None and len(self.finished) > keep:
+                self.finished.popitem(last=False)
+        waiter = self._waiters.pop(work.id, None)
+        if waiter is not None:
+            waiter.set()
+        if not self.works:
+            self._idle.set()
+        if state is not WorkState.CANCELLED:
+            self._sweep_wanted = True
+        self.wake()
+
+    # ------------------------------------------------------------------ deadlines
+
+    def _mark_pending(self, work: WorkUnit, now: float) -> None:
+        work._enqueued = now
+        if self.pending_warn_after is not None:
+            heapq.heappush(
+                self.deadlines, (now + self.pending_warn_after, work._seq, _WARN, now, work)
+            )
+        if self.pending_timeout is not None:
+            heapq.heappush(
+                self.deadlines, (now + self.pending_timeout, work._seq, _TIMEOUT, now, work)
+            )
+
+    async def _due_deadlines(self, now: float) -> None:
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, _, kind, since, work = heapq.heappop(deadlines)
+            if work.state is not WorkState.PENDING or work._enqueued != since:
+                continue
+            waited = now - since
+            if kind == _WARN:
+                if self.hooks.on_pending_warning is not None:
+                    await call_hook(
+                        "on_pending_warning", self.hooks.on_pending_warning, work, waited
+                    )
+                else:
+                    logger.warning(
+                        "runcue: %s has been pending for %.1fs (pending_warn_after=%gs); %s",
+                        work, waited, self.pending_warn_after, self.describe(work)[1],
+                    )
+            elif work._where != CHECKING:
+                error = PendingTimeout(
+                    f"work {work.id} ({work.task}) was pending for {waited:.1f}s, longer than"
+                    f" pending_timeout={self.pending_timeout:g}s; last seen:"
+                    f" {self.describe(work)[1]}"
+                )
+                await self._fail_pending(work, error)
+
+    async def _fail_pending(self, work: WorkUnit, error: BaseException) -> None:
+        service = self.services[work._task.service]
+        service.failed += 1
+        self.failed += 1
+        self._finish(work, WorkState.FAILED, exception=error)
+        if self.hooks.on_failure is not None:
+            await call_hook("on_failure", self.hooks.on_failure, work, error)
+
+    async def _check_stall(self, now: float) -> None:
+        pending = self.pending
+        if not pending:
+            return
+        quiet = now - self.last_progress
+        if self.stall_timeout is not None and quiet >= self.stall_timeout:
+            logger.warning(
+                "runcue: no work started or finished for %.1fs (stall_timeout=%gs); failing %d"
+                " pending work units",
+                quiet, self.stall_timeout, pending,
+            )
+            victims = [w for w in self.works.values() if w.state is WorkState.PENDING
+                       and w._where != CHECKING]
+            for work in victims:
+                error = StallTimeout(
+                    f"work {work.id} ({work.task}) failed: nothing started or finished for"
+                    f" {quiet:.1f}s (stall_timeout={self.stall_timeout:g}s); last seen:"
+                    f" {self.describe(work)[1]}"
+                )
+                await self._fail_pending(work, error)
+            self.last_progress = now
+            return
+        if (
+            self.stall_warn_after is not None
+            and not self.stall_warned
+            and quiet >= self.stall_warn_after
+        ):
+            self.stall_warned = True
+            if self.hooks.on_stall_warning is not None:
+                await call_hook("on_stall_warning", self.hooks.on_stall_warning, quiet, pending)
+            else:
+                logger.warning(
+                    "runcue: no work started or finished for %.1fs; %d pending (see"
+                    " cue.debug_blocked())",
+                    quiet, pending,
+                )
+
+    # ------------------------------------------------------------------ control
+
+    async def cancel(self, work: WorkUnit, reason: str) -> bool:
+        """Cancel pending or running work; False when it already finished."""
+        if work.state is WorkState.PENDING:
+            self.cancelled += 1
+            self._finish(work, WorkState.CANCELLED, exception=WorkCancelled(reason))
+            if self.hooks.on_cancel is not None:
+                await call_hook("on_cancel", self.hooks.on_cancel, work)
+            return True
+        if work.state is WorkState.RUNNING:
+            work._cancel_requested = True
+            if work._scope is not None:
+                work._scope.cancel()
+            return True
+        return False
+
+    async def cancel_all_pending(self, reason: str) -> int:
+        """Cancel every pending work unit (the cue is stopping); returns how many."""
+        victims = [w for w in self.works.values() if w.state is WorkState.PENDING]
+        if victims:
+            logger.warning(
+                "runcue: stopping with %d work units still pending; they end cancelled: %s",
+                len(victims), ", ".join(repr(w) for w in victims[:5])
+                + (" ..." if len(victims) > 5 else ""),
+            )
+        for work in victims:
+            await self.cancel(work, reason)
+        return len(victims)
+
+    def cancel_running(self) -> None:
+        for work in list(self.works.values()):
+            if work.state is WorkState.RUNNING and work._scope is not None:
+                work._cancel_requested = True
+                work._scope.cancel()
+
+    async def wait_no_running(self) -> None:
+        while self.running:
+            self._no_running = anyio.Event()
+            await self._no_running.wait()
+
+    async def join(self) -> None:
+        while self.works:
+            await self._idle.wait()
+
+    async def wait_for(self, work: WorkUnit) -> None:
+        if work.state.finished:
+            return
+        event = self._waiters.get(work.id)
+        if event is None:
+            event = self._waiters[work.id] = anyio.Event()
+        await event.wait()
+
+    # ------------------------------------------------------------------ diagnosis
+
+    def describe(self, work: WorkUnit) -> tuple[str, str]:
+        """(reason, details) for why this pending work is not running."""
+        where = work._where
+        now = anyio.current_time()
+        if where in (PARKED,) and work._blocked is not None:
+            return work._blocked
+        if where == INTAKE:
+            return ("queued", "submitted; the scheduler has not seen it yet")
+        if where == CHECKING:
+            return ("checking", "is_ready / is_stale are being asked")
+        if where == DELAYED:
+            for due, _, token, delayed in self.delayed:
+                if delayed is work and token == work._token:
+                    return ("retry_wait", f"attempt {work.attempt} starts in {due - now:.3g}s"
+                            f" (after {work.exception!r})")
+            return ("retry_wait", f"attempt {work.attempt} waits for its backoff")
+        if where == QUEUED:
+            service = self.services[work._task.service]
+            label = "its own" if service.name is None else f"service {service.name!r}"
+            if self.closing:
+                return ("stopping", "the cue is stopping and starts nothing new")
+            if service.paused_until > now:
+                return ("paused", f"{label} is paused (RateLimited) for another"
+                        f" {service.paused_until - now:.3g}s")
+            limiter = service.limiter
+            if limiter is not None and limiter.available_tokens <= 0:
+                return ("service_full", f"{label} runs {service.running} of"
+                        f" {service.concurrent} at once")
+            if work._blocked is not None and work._blocked[0] == "threads_full":
+                return work._blocked
+            if service.rate is not None:
+                next_free = service.rate.next_free()
+                if next_free > now:
+                    return ("rate_limited", f"{label} used its rate {service.rate_text!r};"
+                            f" next slot in {next_free - now:.3g}s")
+            return ("queued", f"waiting its turn in {label} ({service.queued} queued)")
+        return ("unknown", f"state {work.state.value}")

@@ -1,0 +1,104 @@
+"""A service: its limits (a CapacityLimiter and a sliding-window rate), its queue, its counts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._rate import RateLimiter, RateSpec, parse_rate
+
+if TYPE_CHECKING:
+    from ._work import WorkUnit
+
+__all__ = ["Service", "validate_concurrent"]
+
+
+def validate_concurrent(name: str, concurrent: object) -> int | None:
+    """Check ``concurrent=`` for service ``name``; None means unlimited."""
+    if concurrent is None:
+        return None
+    if isinstance(concurrent, bool) or not isinstance(concurrent, int) or concurrent < 1:
+        msg = (
+            f"service {name!r}: concurrent must be a whole number >= 1 (or None for no limit),"
+            f" got {concurrent!r}"
+        )
+        raise ValueError(msg)
+    return concurrent
+
+
+class Service:
+    """A named bucket of limits. It executes nothing; the scheduler asks it for room."""
+
+    __slots__ = (
+        "_clock",
+        "completed",
+        "concurrent",
+        "failed",
+        "limiter",
+        "max_running",
+        "name",
+        "paused_until",
+        "queue",
+        "queued",
+        "rate",
+        "rate_text",
+        "retried",
+        "running",
+        "skipped",
+        "started",
+    )
+
+    def __init__(self, name: str, *, clock: Callable[[], float]) -> None:
+        self.name = name
+        self._clock = clock
+        self.concurrent: int | None = None
+        self.rate_text: str | None = None
+        self.rate: RateLimiter | None = None
+        self.limiter: anyio.CapacityLimiter | None = None  # made inside the event loop
+        self.paused_until = -math.inf
+        # Candidates waiting for room: a heap of (order key, sequence, token, work).
+        self.queue: list[tuple[float, int, int, WorkUnit]] = []
+        self.queued = 0  # live entries in `queue` (stale ones are dropped lazily)
+        self.running = 0
+        self.max_running = 0
+        self.started = 0
+        self.completed = 0
+        self.failed = 0
+        self.skipped = 0
+        self.retried = 0
+
+    def configure(self, *, rate: str | None, concurrent: int | None) -> None:
+        """Set (or change, while running) the limits. Past starts still count."""
+        specs: tuple[RateSpec, ...] = parse_rate(rate) if rate is not None else ()
+        concurrent = validate_concurrent(self.name, concurrent)
+        history = self.rate.history() if self.rate is not None else ()
+        self.rate = RateLimiter(specs, clock=self._clock, history=history) if specs else None
+        self.rate_text = rate
+        self.concurrent = concurrent
+        if self.limiter is not None:
+            self.limiter.total_tokens = math.inf if concurrent is None else concurrent
+
+    def bind(self) -> None:
+        """Create the CapacityLimiter; called once the event loop runs."""
+        self.limiter = anyio.CapacityLimiter(
+            math.inf if self.concurrent is None else self.concurrent
+        )
+
+    def free_slots(self, now: float) -> float:
+        """How many more starts the limits allow right now (inf when unlimited)."""
+        if self.paused_until > now:
+            return 0
+        free = math.inf if self.limiter is None else self.limiter.available_tokens
+        rate = self.rate
+        if rate is not None and free > 0:
+            free = min(
+                free, min(spec.limit - used for spec, used in rate.used())
+            )
+        return max(free, 0)
+
+    def next_rate_slot(self) -> float:
+        """When the rate allows one more start (now or -inf-free when unlimited)."""
+        return -math.inf if self.rate is None else self.rate.next_free()

@@ -1,0 +1,73 @@
+"""Frozen snapshots of a cue's counters, as ``cue.stats()`` returns them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["CueStats", "RateWindowStats", "ServiceStats"]
+
+
+@dataclass(frozen=True)
+class RateWindowStats:
+    """One window of a service's rate: its limit, its period, and the starts inside it now."""
+
+    limit: int
+    period: float
+    used: int
+
+    @property
+    def left(self) -> int:
+        """Starts the window still admits right now."""
+        return max(0, self.limit - self.used)
+
+
+@dataclass(frozen=True)
+class ServiceStats:
+    """One service at the moment of the snapshot. ``name`` is None for tasks without one."""
+
+    name: str | None
+    concurrent: int | None
+    rate: str | None
+    pending: int
+    running: int
+    started: int
+    completed: int
+    failed: int
+    skipped: int
+    retried: int
+    max_running: int
+    """The most handlers of this service seen running at once."""
+    windows: tuple[RateWindowStats, ...]
+    next_free_slot: float
+    """Seconds until the rate admits one more start (0.0 when it does now or has no rate)."""
+    paused_for: float
+    """Seconds the service stays paused after a ``RateLimited`` (0.0 when not paused)."""
+
+
+@dataclass(frozen=True)
+class CueStats:
+    """The whole cue at the moment of the snapshot.
+
+    The ledger always adds up: ``submitted == pending + running + completed + failed +
+    skipped + cancelled`` (``completed`` does not include skipped work).
+    """
+
+    submitted: int
+    pending: int
+    running: int
+    completed: int
+    failed: int
+    skipped: int
+    cancelled: int
+    retried: int
+    elapsed: float
+    """Seconds since the cue started (0.0 before)."""
+    throughput: float
+    """Finished handlers (completed + failed) per second since the cue started."""
+    services: Mapping[str | None, ServiceStats]
+
+    @property
+    def finished(self) -> int:
+        """Work that reached a terminal state."""
+        return self.completed + self.failed + self.skipped + self.cancelled

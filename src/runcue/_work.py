@@ -1,0 +1,164 @@
+"""Work units: what was submitted, where it stands, and how it ended."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from anyio import CancelScope, Event
+
+__all__ = ["PriorityContext", "WorkState", "WorkUnit"]
+
+
+class WorkState(str, enum.Enum):
+    """Where a work unit stands. Skipped work ends ``COMPLETED`` with ``work.skipped`` set."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def finished(self) -> bool:
+        """True for the three terminal states."""
+        return self in _FINISHED
+
+
+_FINISHED = frozenset({WorkState.COMPLETED, WorkState.FAILED, WorkState.CANCELLED})
+
+
+class WorkUnit:
+    """One piece of submitted work, as handlers, checks and callbacks see it.
+
+    The public fields are ``id``, ``task``, ``params``, ``attempt``, ``priority``, ``key``,
+    ``state``, ``result``, ``error`` (the failure's message), ``exception`` (the failure
+    itself), ``skipped``, and the wall-clock timestamps ``created_at``, ``started_at`` and
+    ``completed_at`` (``time.time()`` values, for logs and display). runcue changes them; treat
+    them as read-only. Attributes starting with ``_`` belong to the scheduler.
+    """
+
+    __slots__ = (
+        "_blocked",
+        "_cancel_requested",
+        "_dedup_key",
+        "_done",
+        "_enqueued",
+        "_scope",
+        "_seq",
+        "_submitted",
+        "_task",
+        "_token",
+        "_where",
+        "attempt",
+        "completed_at",
+        "created_at",
+        "exception",
+        "id",
+        "key",
+        "params",
+        "priority",
+        "result",
+        "skipped",
+        "started_at",
+        "state",
+        "task",
+    )
+
+    id: str
+    task: str
+    params: Mapping[str, Any]
+    attempt: int
+    priority: float
+    key: Any
+    state: WorkState
+    result: Any
+    exception: BaseException | None
+    skipped: bool
+    created_at: float
+    started_at: float | None
+    completed_at: float | None
+    # Scheduler-owned.
+    _seq: int
+    _submitted: float  # anyio.current_time() at submission
+    _enqueued: float  # anyio.current_time() when it last joined a queue
+    _blocked: tuple[str, str] | None  # (reason, details) while parked
+    _scope: CancelScope | None
+    _done: Event | None
+    _cancel_requested: bool
+    _dedup_key: Any
+    _task: Any  # the TaskSpec
+    _where: int  # which scheduler structure holds it (see _scheduler.py)
+    _token: int  # bumped on every enqueue; stale heap entries carry an older one
+
+    def __init__(
+        self,
+        work_id: str,
+        task: str,
+        params: Mapping[str, Any],
+        *,
+        priority: float = 0.5,
+        key: Any = None,
+        created_at: float = 0.0,
+    ) -> None:
+        self.id = work_id
+        self.task = task
+        self.params = params
+        self.attempt = 1
+        self.priority = priority
+        self.key = key
+        self.state = WorkState.PENDING
+        self.result = None
+        self.exception = None
+        self.skipped = False
+        self.created_at = created_at
+        self.started_at = None
+        self.completed_at = None
+        self._seq = 0
+        self._submitted = 0.0
+        self._enqueued = 0.0
+        self._blocked = None
+        self._scope = None
+        self._done = None
+        self._cancel_requested = False
+        self._dedup_key = None
+        self._task = None
+        self._where = 0
+        self._token = 0
+
+    @property
+    def error(self) -> str | None:
+        """The failure's message (``str(exception)``), or None when the work did not fail."""
+        if self.exception is None:
+            return None
+        text = str(self.exception)
+        return text or type(self.exception).__name__
+
+    @property
+    def task_type(self) -> str:
+        """The task's name (an older spelling of :attr:`task`)."""
+        return self.task
+
+    def __repr__(self) -> str:
+        extra = " skipped" if self.skipped else ""
+        return (
+            f"<WorkUnit {self.id} task={self.task!r} state={self.state.value}{extra} "
+            f"attempt={self.attempt}>"
+        )
+
+
+@dataclass(frozen=True)
+class PriorityContext:
+    """What the ``@cue.priority`` callback is given."""
+
+    work: WorkUnit
+    wait_time: float
+    """Seconds since the work was submitted."""
+    queue_depth: int
+    """How many work units are pending in the whole cue."""

@@ -1,0 +1,1 @@
+"""runcue-sim: run fake workloads through the real runcue scheduler."""
