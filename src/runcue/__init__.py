@@ -17,6 +17,8 @@ from ._errors import UnknownTaskError as UnknownTaskError
 from ._errors import WorkCancelled as WorkCancelled
 from ._errors import WorkNotFound as WorkNotFound
 from ._errors import WorkTimeout as WorkTimeout
+from ._events import EVENT_KINDS as EVENT_KINDS
+from ._events import WorkEvent as WorkEvent
 from ._rate import RateSpec as RateSpec
 from ._rate import parse_rate as parse_rate
 from ._stats import CueStats as CueStats
@@ -33,6 +35,7 @@ __version__ = "0.3.0"
 __all__ = [
     "Backoff",
     "Cue",
+    "EVENT_KINDS",
     "CueStateError",
     "CueStats",
     "HandlerTimeout",
@@ -49,6 +52,7 @@ __all__ = [
     "UnknownServiceError",
     "UnknownTaskError",
     "WorkCancelled",
+    "WorkEvent",
     "WorkNotFound",
     "WorkState",
     "WorkTimeout",
@@ -59,8 +63,5 @@ __all__ = [
 for _name in __all__:
     _obj = globals()[_name]
     if getattr(_obj, "__module__", "").startswith("runcue._"):
-        try:
-            _obj.__module__ = "runcue"
-        except (AttributeError, TypeError):  # pragma: no cover - builtins refuse
-            pass
+        _obj.__module__ = "runcue"
 del _name, _obj

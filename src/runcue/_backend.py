@@ -19,7 +19,7 @@ _background_tasks: set[Any] = set()  # asyncio keeps only weak references to tas
 
 
 def current_backend() -> str | None:
-    """"asyncio", "trio", or None when no event loop runs in this thread."""
+    """ "asyncio", "trio", or None when no event loop runs in this thread."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -36,11 +36,15 @@ def current_backend() -> str | None:
     return None
 
 
+async def _as_coroutine(run: Callable[[], Awaitable[None]]) -> None:
+    await run()
+
+
 def spawn_background(run: Callable[[], Awaitable[None]]) -> str | None:
     """Start ``run()`` as a task no user task group owns; returns the backend or None."""
     backend = current_backend()
     if backend == "asyncio":
-        task = asyncio.get_running_loop().create_task(run())  # type: ignore[arg-type]
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(_as_coroutine(run))
         _background_tasks.add(task)
         task.add_done_callback(_background_tasks.discard)
     elif backend == "trio":

@@ -39,7 +39,7 @@ def _evaluate_sync(check: Callable[[WorkUnit], Any], works: Sequence[WorkUnit]) 
     for work in works:
         try:
             answers.append(bool(check(work)))
-        except Exception as exc:  # noqa: BLE001 - reported per work, never swallowed
+        except Exception as exc:
             answers.append(exc)
     return answers
 
@@ -118,7 +118,7 @@ class CheckRunner:
             begun = time.perf_counter()
             try:
                 answers.append(bool(check(work)))
-            except Exception as exc:  # noqa: BLE001 - reported per work
+            except Exception as exc:
                 answers.append(exc)
             if auto and time.perf_counter() - begun > SLOW_CHECK_SECONDS:
                 self._mode = "thread"
@@ -155,7 +155,7 @@ class CheckRunner:
             with anyio.move_on_after(self._timeout):
                 try:
                     answer = bool(await check(work))
-                except Exception as exc:  # noqa: BLE001 - reported per work
+                except Exception as exc:
                     answer = exc
             answers.append(answer)
         return answers

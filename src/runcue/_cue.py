@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 import sys
 import time
@@ -21,6 +22,7 @@ from ._errors import (
     WorkCancelled,
     WorkNotFound,
 )
+from ._events import WorkEvent
 from ._hooks import Hooks
 from ._scheduler import Scheduler
 from ._service import Service
@@ -109,7 +111,9 @@ class Cue:
         seed: int | None = None,
     ) -> None:
         if keep_finished is not None and (
-            isinstance(keep_finished, bool) or not isinstance(keep_finished, int) or keep_finished < 0
+            isinstance(keep_finished, bool)
+            or not isinstance(keep_finished, int)
+            or keep_finished < 0
         ):
             msg = f"keep_finished must be a whole number >= 0 or None, got {keep_finished!r}"
             raise ValueError(msg)
@@ -123,16 +127,19 @@ class Cue:
             tasks=self._tasks,
             services=self._services,
             hooks=self._hooks,
-            checks=CheckRunner(self._hooks, mode=checks, timeout=_check_seconds(
-                "check_timeout", check_timeout)),
+            checks=CheckRunner(
+                self._hooks, mode=checks, timeout=_check_seconds("check_timeout", check_timeout)
+            ),
             pending_warn_after=_check_seconds("pending_warn_after", pending_warn_after),
             pending_timeout=_check_seconds("pending_timeout", pending_timeout),
             stall_warn_after=_check_seconds("stall_warn_after", stall_warn_after),
             stall_timeout=_check_seconds("stall_timeout", stall_timeout),
             recheck_interval=_check_seconds(  # type: ignore[arg-type]
-                "recheck_interval", recheck_interval, allow_none=False),
+                "recheck_interval", recheck_interval, allow_none=False
+            ),
             priority_aging=_check_seconds(  # type: ignore[arg-type]
-                "priority_aging", priority_aging, allow_none=False),
+                "priority_aging", priority_aging, allow_none=False
+            ),
             keep_finished=keep_finished,
             max_threads=max_threads,
             seed=seed,
@@ -204,7 +211,10 @@ class Cue:
             )
             raise UnknownServiceError(msg)
         if isinstance(retry, bool) or not isinstance(retry, int) or retry < 1:
-            msg = f"task {name!r}: retry counts attempts and must be a whole number >= 1, got {retry!r}"
+            msg = (
+                f"task {name!r}: retry counts attempts (the first included) and must be a whole"
+                f" number >= 1, got {retry!r}"
+            )
             raise ValueError(msg)
         if backoff is None:
             policy = Backoff()
@@ -216,7 +226,9 @@ class Cue:
             msg = f"task {name!r}: backoff must be a runcue.Backoff or a number, got {backoff!r}"
             raise TypeError(msg)
         if not (callable(retry_on) or isinstance(retry_on, tuple)):
-            msg = f"task {name!r}: retry_on must be exception types or a predicate, got {retry_on!r}"
+            msg = (
+                f"task {name!r}: retry_on must be exception types or a predicate, got {retry_on!r}"
+            )
             raise TypeError(msg)
         limit = _check_seconds(f"task {name!r}: timeout", timeout)
 
@@ -351,6 +363,7 @@ class Cue:
                     raise group.exceptions[0] from None
                 raise
             finally:
+                self._engine.close()
                 self._state = _STOPPED
                 self._closed.set()
         return False
@@ -362,7 +375,9 @@ class Cue:
     def __exit__(self, *args: object) -> None:  # pragma: no cover - __enter__ always raises
         return None
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run under the caller's task group (``await tg.start(cue.run)``) until ``stop()``."""
         self._mode = "run"
         async with self:
@@ -391,7 +406,7 @@ class Cue:
     async def _background(self) -> None:
         try:
             await self.run()
-        except BaseException as exc:  # noqa: BLE001 - handed to stop(), which re-raises it
+        except BaseException as exc:
             self._background_error = exc
             self._entered.set()
             self._closed.set()
@@ -467,19 +482,25 @@ class Cue:
         spec = self._tasks.get(task)
         if spec is None:
             known = ", ".join(repr(name) for name in self._tasks) or "none"
-            msg = f"unknown task {task!r} (registered: {known}); register it with @cue.task({task!r})"
+            msg = (
+                f"unknown task {task!r} (registered: {known}); register it with @cue.task({task!r})"
+            )
             raise UnknownTaskError(msg)
         if params is None:
             params = {}
         elif not isinstance(params, Mapping):
-            msg = f"params must be a mapping such as a dict, got {type(params).__name__}: {params!r}"
+            msg = (
+                f"params must be a mapping such as a dict, got {type(params).__name__}: {params!r}"
+            )
             raise TypeError(msg)
         else:
             params = dict(params)
         if priority is None:
             priority = 0.5
-        elif isinstance(priority, bool) or not isinstance(priority, (int, float)) or not (
-            0.0 <= priority <= 1.0
+        elif (
+            isinstance(priority, bool)
+            or not isinstance(priority, (int, float))
+            or not (0.0 <= priority <= 1.0)
         ):
             msg = f"priority must be a number from 0.0 to 1.0 (higher runs first), got {priority!r}"
             raise ValueError(msg)
@@ -513,10 +534,10 @@ class Cue:
         state: WorkState | str | None = None,
         task: str | None = None,
         limit: int | None = 100,
-    ) -> list[WorkUnit]:
+    ) -> builtins.list[WorkUnit]:
         """Known work units, pending and running first, then finished, oldest first."""
         wanted = WorkState(state) if state is not None else None
-        found: list[WorkUnit] = []
+        found: builtins.list[WorkUnit] = []
         for pool in (self._engine.works, self._engine.finished):
             for work in list(pool.values()):
                 if wanted is not None and work.state is not wanted:
@@ -566,9 +587,27 @@ class Cue:
         """Ask ``is_ready`` again for every waiting work now (an artifact changed outside)."""
         self._engine.poke()
 
+    def subscribe(self, listener: Callable[[WorkEvent], object]) -> Callable[[], None]:
+        """Call ``listener(event)`` for every :class:`WorkEvent`; returns an unsubscribe function.
+
+        Any number of listeners may subscribe (the ``on_*`` callbacks hold one function each).
+        Listeners run synchronously on the event loop and must be quick.
+        """
+        if not callable(listener):
+            msg = f"subscribe() needs a callable taking one WorkEvent, got {listener!r}"
+            raise TypeError(msg)
+        listeners = self._engine.listeners
+        listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in listeners:
+                listeners.remove(listener)
+
+        return unsubscribe
+
     # ------------------------------------------------------------------ diagnosis
 
-    def debug_blocked(self) -> list[dict[str, Any]]:
+    def debug_blocked(self) -> builtins.list[dict[str, Any]]:
         """Every pending work with why it is not running.
 
         Each item is ``{"work", "reason", "details"}``; reasons: ``not_ready``,
@@ -623,7 +662,9 @@ class Cue:
                     )
                     next_free = max(0.0, service.rate.next_free() - now)
                 else:
-                    windows = tuple(RateWindowStats(s.limit, s.period, 0) for s in service.rate.specs)
+                    windows = tuple(
+                        RateWindowStats(s.limit, s.period, 0) for s in service.rate.specs
+                    )
             services[name] = ServiceStats(
                 name=name,
                 concurrent=service.concurrent,
@@ -662,4 +703,3 @@ class Cue:
             f"<runcue.Cue {self._state}: {engine.pending} pending, {engine.running} running,"
             f" {len(self._tasks)} tasks, {len(self._services) - 1} services>"
         )
-

@@ -87,7 +87,9 @@ def parse_rate(rate: str) -> tuple[RateSpec, ...]:
         limit = int(match["limit"])
         multiplier = float(match["multiplier"]) if match["multiplier"] else 1.0
         if limit < 1 or multiplier <= 0:
-            msg = f"invalid rate {rate!r}: the count and the multiplier must be positive; {_GRAMMAR}"
+            msg = (
+                f"invalid rate {rate!r}: the count and the multiplier must be positive; {_GRAMMAR}"
+            )
             raise InvalidRateError(msg)
         specs.append(RateSpec(limit, multiplier * _UNIT_SECONDS[unit]))
     return tuple(specs)

@@ -29,6 +29,7 @@ high-priority ones after ``priority_aging`` seconds per unit of priority (no sta
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import random
@@ -50,6 +51,7 @@ from ._errors import (
     StallTimeout,
     WorkCancelled,
 )
+from ._events import WorkEvent
 from ._hooks import Hooks, call_hook, logger
 from ._service import Service
 from ._task import TaskSpec
@@ -93,10 +95,8 @@ class _ThreadCall:
                 self.finished = True
                 tell = self.abandoned
             if tell and self.done is not None:
-                try:
+                with contextlib.suppress(Exception):
                     anyio.from_thread.run_sync(self.done.set)
-                except Exception:  # noqa: BLE001 - the event loop is gone; nobody waits
-                    pass
 
     def abandon(self) -> bool:
         """Stop waiting; True when the thread is still running (then ``done`` will be set)."""
@@ -142,9 +142,10 @@ class Scheduler:
         self.max_threads = max_threads
         self.rng = random.Random(seed)
 
-        send, receive = anyio.create_memory_object_stream[WorkUnit | None](math.inf)
-        self._send: MemoryObjectSendStream[WorkUnit | None] = send
-        self._receive: MemoryObjectReceiveStream[WorkUnit | None] = receive
+        # Made in bind(): before it, submissions wait in a plain list.
+        self._send: MemoryObjectSendStream[WorkUnit | None] | None = None
+        self._receive: MemoryObjectReceiveStream[WorkUnit | None] | None = None
+        self._backlog: list[WorkUnit] = []
         self._wake_in_stream = False
         self.tg: TaskGroup | None = None
         self.closing = False
@@ -180,6 +181,20 @@ class Scheduler:
         self._idle.set()
         self._no_running: anyio.Event | None = None
         self._waiters: dict[str, anyio.Event] = {}
+        self.listeners: list[Callable[[WorkEvent], object]] = []
+
+    def emit(
+        self, kind: str, work: WorkUnit, details: str = "", duration: float | None = None
+    ) -> None:
+        """Tell every listener (only called when there is one)."""
+        event = WorkEvent(kind, work, anyio.current_time(), work._task.service, details, duration)
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:
+                logger.exception(
+                    "runcue: the event listener %r raised; it stays subscribed", listener
+                )
 
     # ------------------------------------------------------------------ intake
 
@@ -198,6 +213,15 @@ class Scheduler:
         for service in self.services.values():
             if service.limiter is None:
                 service.bind()
+        self._send, self._receive = anyio.create_memory_object_stream[WorkUnit | None](math.inf)
+        for work in self._backlog:
+            self._send.send_nowait(work)
+        self._backlog.clear()
+
+    def close(self) -> None:
+        """Close the intake stream (the cue has stopped)."""
+        if self._send is not None:
+            self._send.close()
 
     def submit(self, work: WorkUnit, dedup_key: Any) -> WorkUnit:
         """Take a new work unit (validated by the Cue); returns the live twin if one exists."""
@@ -217,14 +241,22 @@ class Scheduler:
         if self._idle.is_set():
             self._idle = anyio.Event()
         self._mark_pending(work, now)
-        self._send.send_nowait(work)
+        if self._send is None:
+            self._backlog.append(work)
+        else:
+            self._send.send_nowait(work)
+        if self.listeners:
+            self.emit("queued", work)
         return work
 
     def wake(self) -> None:
         """Make the scheduler look again soon (coalesced: one wake item at a time)."""
-        if not self._wake_in_stream:
+        if not self._wake_in_stream and self._send is not None:
             self._wake_in_stream = True
-            self._send.send_nowait(None)
+            try:
+                self._send.send_nowait(None)
+            except anyio.ClosedResourceError:
+                pass  # the cue has stopped; nobody needs waking
 
     def poke(self) -> None:
         """Recheck every parked work now."""
@@ -237,6 +269,7 @@ class Scheduler:
     async def loop(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """The scheduler task: runs until cancelled."""
         receive = self._receive
+        assert receive is not None
         with receive:
             task_status.started()
             while True:
@@ -316,8 +349,9 @@ class Scheduler:
                 context = PriorityContext(work, now - work._submitted, self.pending)
                 priority = _clamp_priority(self.hooks.priority(context))
             except Exception:
-                logger.exception("runcue: the priority callback raised for %s; using %s", work,
-                                 work.priority)
+                logger.exception(
+                    "runcue: the priority callback raised for %s; using %s", work, work.priority
+                )
         work._token += 1
         work._where = QUEUED
         work._blocked = None
@@ -352,6 +386,8 @@ class Scheduler:
         work._where = PARKED
         work._blocked = (reason, details)
         self.parked[work.id] = work
+        if self.listeners:
+            self.emit("waiting", work, f"{reason}: {details}")
 
     def _periodic_sweep_at(self) -> float:
         gap = max(self.recheck_interval, PERIODIC_BUDGET * self._last_sweep_cost)
@@ -467,6 +503,8 @@ class Scheduler:
         self.last_progress = anyio.current_time()
         self.stall_warned = False
         work._scope = anyio.CancelScope()
+        if self.listeners:
+            self.emit("started", work, f"attempt {work.attempt}")
         self.tg.start_soon(self._attempt, work, service, borrower, thread_slot)
         return True
 
@@ -568,8 +606,11 @@ class Scheduler:
         if self.running == 0 and self._no_running is not None:
             self._no_running.set()
         if work._cancel_requested or scope.cancelled_caught:
-            self._finish(work, WorkState.CANCELLED, exception=WorkCancelled(
-                f"work {work.id} ({work.task}) was cancelled while it ran"))
+            self._finish(
+                work,
+                WorkState.CANCELLED,
+                exception=WorkCancelled(f"work {work.id} ({work.task}) was cancelled while it ran"),
+            )
             self.cancelled += 1
             if hooks.on_cancel is not None:
                 await call_hook("on_cancel", hooks.on_cancel, work)
@@ -577,7 +618,7 @@ class Scheduler:
         if error is None:
             service.completed += 1
             self.completed += 1
-            self._finish(work, WorkState.COMPLETED, result=result)
+            self._finish(work, WorkState.COMPLETED, result=result, duration=duration)
             if hooks.on_complete is not None:
                 await call_hook("on_complete", hooks.on_complete, work, result, duration)
             return
@@ -586,8 +627,12 @@ class Scheduler:
             service.paused_until = max(service.paused_until, now + error.retry_after)
             logger.info(
                 "runcue: service %r paused for %.3gs (RateLimited from %s)",
-                service.name, error.retry_after, work,
+                service.name,
+                error.retry_after,
+                work,
             )
+            if self.listeners:
+                self.emit("paused", work, f"service paused {error.retry_after:.3g}s")
             if self._back_to_pending(work, now):
                 self._enqueue(work, now)
             self.wake()
@@ -596,6 +641,8 @@ class Scheduler:
             delay = spec.backoff.delay(work.attempt, self.rng)
             service.retried += 1
             self.retried += 1
+            if self.listeners:
+                self.emit("retrying", work, f"{error!r}; retry in {delay:.3g}s", duration)
             if hooks.on_retry is not None:
                 await call_hook("on_retry", hooks.on_retry, work, error, delay)
             now = anyio.current_time()
@@ -609,7 +656,7 @@ class Scheduler:
             return
         service.failed += 1
         self.failed += 1
-        self._finish(work, WorkState.FAILED, exception=error)
+        self._finish(work, WorkState.FAILED, exception=error, duration=duration)
         if hooks.on_failure is not None:
             await call_hook("on_failure", hooks.on_failure, work, error)
 
@@ -618,8 +665,11 @@ class Scheduler:
         work.state = WorkState.PENDING
         work._where = NOWHERE
         if self.closing:
-            self._finish(work, WorkState.CANCELLED, exception=WorkCancelled(
-                "the cue stopped before this work could run again"))
+            self._finish(
+                work,
+                WorkState.CANCELLED,
+                exception=WorkCancelled("the cue stopped before this work could run again"),
+            )
             self.cancelled += 1
             return False
         self._mark_pending(work, now)
@@ -651,6 +701,7 @@ class Scheduler:
         *,
         result: Any = None,
         exception: BaseException | None = None,
+        duration: float | None = None,
     ) -> None:
         """Move a work unit to its terminal state and tell everyone who waits."""
         self._unqueue(work)
@@ -676,6 +727,9 @@ class Scheduler:
         if state is not WorkState.CANCELLED:
             self._sweep_wanted = True
         self.wake()
+        if self.listeners:
+            kind = "skipped" if work.skipped else state.value
+            self.emit(kind, work, "" if exception is None else repr(exception), duration)
 
     # ------------------------------------------------------------------ deadlines
 
@@ -705,7 +759,10 @@ class Scheduler:
                 else:
                     logger.warning(
                         "runcue: %s has been pending for %.1fs (pending_warn_after=%gs); %s",
-                        work, waited, self.pending_warn_after, self.describe(work)[1],
+                        work,
+                        waited,
+                        self.pending_warn_after,
+                        self.describe(work)[1],
                     )
             elif work._where != CHECKING:
                 error = PendingTimeout(
@@ -732,10 +789,15 @@ class Scheduler:
             logger.warning(
                 "runcue: no work started or finished for %.1fs (stall_timeout=%gs); failing %d"
                 " pending work units",
-                quiet, self.stall_timeout, pending,
+                quiet,
+                self.stall_timeout,
+                pending,
             )
-            victims = [w for w in self.works.values() if w.state is WorkState.PENDING
-                       and w._where != CHECKING]
+            victims = [
+                w
+                for w in self.works.values()
+                if w.state is WorkState.PENDING and w._where != CHECKING
+            ]
             for work in victims:
                 error = StallTimeout(
                     f"work {work.id} ({work.task}) failed: nothing started or finished for"
@@ -757,7 +819,8 @@ class Scheduler:
                 logger.warning(
                     "runcue: no work started or finished for %.1fs; %d pending (see"
                     " cue.debug_blocked())",
-                    quiet, pending,
+                    quiet,
+                    pending,
                 )
 
     # ------------------------------------------------------------------ control
@@ -783,8 +846,8 @@ class Scheduler:
         if victims:
             logger.warning(
                 "runcue: stopping with %d work units still pending; they end cancelled: %s",
-                len(victims), ", ".join(repr(w) for w in victims[:5])
-                + (" ..." if len(victims) > 5 else ""),
+                len(victims),
+                ", ".join(repr(w) for w in victims[:5]) + (" ..." if len(victims) > 5 else ""),
             )
         for work in victims:
             await self.cancel(work, reason)
@@ -828,8 +891,11 @@ class Scheduler:
         if where == DELAYED:
             for due, _, token, delayed in self.delayed:
                 if delayed is work and token == work._token:
-                    return ("retry_wait", f"attempt {work.attempt} starts in {due - now:.3g}s"
-                            f" (after {work.exception!r})")
+                    return (
+                        "retry_wait",
+                        f"attempt {work.attempt} starts in {due - now:.3g}s"
+                        f" (after {work.exception!r})",
+                    )
             return ("retry_wait", f"attempt {work.attempt} waits for its backoff")
         if where == QUEUED:
             service = self.services[work._task.service]
@@ -837,18 +903,26 @@ class Scheduler:
             if self.closing:
                 return ("stopping", "the cue is stopping and starts nothing new")
             if service.paused_until > now:
-                return ("paused", f"{label} is paused (RateLimited) for another"
-                        f" {service.paused_until - now:.3g}s")
+                return (
+                    "paused",
+                    f"{label} is paused (RateLimited) for another"
+                    f" {service.paused_until - now:.3g}s",
+                )
             limiter = service.limiter
             if limiter is not None and limiter.available_tokens <= 0:
-                return ("service_full", f"{label} runs {service.running} of"
-                        f" {service.concurrent} at once")
+                return (
+                    "service_full",
+                    f"{label} runs {service.running} of {service.concurrent} at once",
+                )
             if work._blocked is not None and work._blocked[0] == "threads_full":
                 return work._blocked
             if service.rate is not None:
                 next_free = service.rate.next_free()
                 if next_free > now:
-                    return ("rate_limited", f"{label} used its rate {service.rate_text!r};"
-                            f" next slot in {next_free - now:.3g}s")
+                    return (
+                        "rate_limited",
+                        f"{label} used its rate {service.rate_text!r};"
+                        f" next slot in {next_free - now:.3g}s",
+                    )
             return ("queued", f"waiting its turn in {label} ({service.queued} queued)")
         return ("unknown", f"state {work.state.value}")

@@ -94,9 +94,7 @@ class Service:
         free = math.inf if self.limiter is None else self.limiter.available_tokens
         rate = self.rate
         if rate is not None and free > 0:
-            free = min(
-                free, min(spec.limit - used for spec, used in rate.used())
-            )
+            free = min(free, min(spec.limit - used for spec, used in rate.used()))
         return max(free, 0)
 
     def next_rate_slot(self) -> float:

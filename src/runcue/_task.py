@@ -6,13 +6,15 @@ import inspect
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, TypeAlias, Union
 
 from ._errors import RateLimited
 
 __all__ = ["Backoff", "RetryOn", "TaskSpec", "is_async_callable"]
 
-RetryOn = Union[type[BaseException], tuple[type[BaseException], ...], Callable[[BaseException], bool]]
+RetryOn: TypeAlias = Union[  # noqa: UP007 - a runtime alias must work on Python 3.10
+    type[BaseException], tuple[type[BaseException], ...], Callable[[BaseException], bool]
+]
 
 
 def is_async_callable(fn: object) -> bool:
@@ -76,6 +78,6 @@ class TaskSpec:
         if attempt >= self.retry or isinstance(error, RateLimited):
             return False
         retry_on = self.retry_on
-        if isinstance(retry_on, type) or isinstance(retry_on, tuple):
+        if isinstance(retry_on, (type, tuple)):
             return isinstance(error, retry_on)
         return bool(retry_on(error))

@@ -1,0 +1,43 @@
+"""Events: a record of everything the scheduler does, for listeners such as progress views.
+
+``cue.subscribe(listener)`` calls ``listener(event)`` synchronously, on the event loop, for
+every event of every work unit, after the cue's own bookkeeping and before the matching
+``on_*`` callback. Listeners must be quick; one that raises is logged and kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._work import WorkUnit
+
+__all__ = ["EVENT_KINDS", "WorkEvent"]
+
+EVENT_KINDS = (
+    "queued",  # submitted
+    "waiting",  # parked: not ready, or a check failed (details say which)
+    "started",  # an attempt started
+    "completed",
+    "failed",  # the work failed for good
+    "skipped",  # is_stale said the output is valid
+    "retrying",  # an attempt failed; another follows after a backoff (details: the delay)
+    "paused",  # the handler raised RateLimited; the service pauses (details: how long)
+    "cancelled",
+)
+
+
+@dataclass(frozen=True)
+class WorkEvent:
+    """One thing that happened to one work unit."""
+
+    kind: str
+    """One of :data:`EVENT_KINDS`."""
+    work: WorkUnit
+    time: float
+    """``anyio.current_time()`` when it happened."""
+    service: str | None
+    details: str = ""
+    duration: float | None = None
+    """For ``completed`` and ``failed`` after running: the attempt's duration in seconds."""
