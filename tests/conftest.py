@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import pytest
 
-import runcue
-
 # A missing trio must fail the run, not silently skip half of it.
 import trio  # noqa: F401
+
+import runcue
 
 
 @pytest.fixture(params=["asyncio", "trio"])
