@@ -19,6 +19,8 @@ from ._errors import WorkNotFound as WorkNotFound
 from ._errors import WorkTimeout as WorkTimeout
 from ._events import EVENT_KINDS as EVENT_KINDS
 from ._events import WorkEvent as WorkEvent
+from ._progress import progress as progress
+from ._progress import render_stats as render_stats
 from ._rate import RateSpec as RateSpec
 from ._rate import parse_rate as parse_rate
 from ._stats import CueStats as CueStats
@@ -58,6 +60,8 @@ __all__ = [
     "WorkTimeout",
     "WorkUnit",
     "parse_rate",
+    "progress",
+    "render_stats",
 ]
 
 for _name in __all__:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["current_backend", "spawn_background"]
+__all__ = ["current_backend", "fast_clock", "spawn_background"]
 
 _background_tasks: set[Any] = set()  # asyncio keeps only weak references to tasks
 
@@ -38,6 +38,22 @@ def current_backend() -> str | None:
 
 async def _as_coroutine(run: Callable[[], Awaitable[None]]) -> None:
     await run()
+
+
+def fast_clock() -> Callable[[], float]:
+    """The running backend's own clock function: what ``anyio.current_time()`` reads, without
+    looking the backend up on every call (the scheduler reads the clock several times per work).
+    """
+    backend = current_backend()
+    if backend == "asyncio":
+        return asyncio.get_running_loop().time
+    if backend == "trio":
+        import trio
+
+        return trio.current_time
+    import anyio
+
+    return anyio.current_time
 
 
 def spawn_background(run: Callable[[], Awaitable[None]]) -> str | None:

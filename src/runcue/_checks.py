@@ -59,6 +59,11 @@ class CheckRunner:
         self.errors = 0
 
     @property
+    def runs_here(self) -> bool:
+        """True when checks may be asked one work at a time from any task (not in a thread)."""
+        return self._mode != "thread"
+
+    @property
     def active(self) -> bool:
         """False when no check is registered: every work simply runs."""
         return self._hooks.is_ready is not None or self._hooks.is_stale is not None

@@ -40,6 +40,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 _NEW, _RUNNING, _STOPPING, _STOPPED = "new", "running", "stopping", "stopped"
 
 
+def _freeze_params(params: Mapping[str, Any]) -> Any:
+    """The de-duplication key of params: flat hashable params take the fast path."""
+    try:
+        return frozenset(params.items())
+    except TypeError:
+        return _freeze(params)
+
+
 def _freeze(value: Any) -> Any:
     """A hashable stand-in for params, equal exactly when the params compare equal."""
     if isinstance(value, Mapping):
@@ -174,7 +182,7 @@ class Cue:
         service.configure(rate=rate, concurrent=concurrent)  # validates before anything changes
         if existing is None:
             if self._state == _RUNNING:
-                service.bind()
+                service.bind(self._engine.clock)
             self._services[name] = service
         elif self._state == _RUNNING:
             self._engine.wake()
@@ -507,7 +515,7 @@ class Cue:
         if key is not None:
             dedup_key: Any = ("key", key)
         else:
-            dedup_key = (task, _freeze(params))
+            dedup_key = (task, _freeze_params(params))
         self._ids += 1
         work = WorkUnit(
             f"{self._id_prefix}-{self._ids}",
@@ -644,7 +652,7 @@ class Cue:
         """A frozen snapshot of every counter (see :class:`CueStats`)."""
         engine = self._engine
         running = self._state in (_RUNNING, _STOPPING)
-        now = anyio.current_time() if running else 0.0
+        now = self._engine.clock() if running else 0.0
         pending_by: dict[str | None, int] = {}
         for work in engine.works.values():
             if work.state is WorkState.PENDING:

@@ -43,6 +43,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
+from . import _backend
 from ._checks import CheckRunner
 from ._errors import (
     HandlerTimeout,
@@ -141,6 +142,7 @@ class Scheduler:
         self.keep_finished = keep_finished
         self.max_threads = max_threads
         self.rng = random.Random(seed)
+        self.clock: Callable[[], float] = anyio.current_time  # the loop's own clock after bind()
 
         # Made in bind(): before it, submissions wait in a plain list.
         self._send: MemoryObjectSendStream[WorkUnit | None] | None = None
@@ -180,6 +182,7 @@ class Scheduler:
         self._idle = anyio.Event()
         self._idle.set()
         self._no_running: anyio.Event | None = None
+        self._reporting = 0  # callbacks being awaited; join() and stop() wait for them
         self._waiters: dict[str, anyio.Event] = {}
         self.listeners: list[Callable[[WorkEvent], object]] = []
 
@@ -187,7 +190,7 @@ class Scheduler:
         self, kind: str, work: WorkUnit, details: str = "", duration: float | None = None
     ) -> None:
         """Tell every listener (only called when there is one)."""
-        event = WorkEvent(kind, work, anyio.current_time(), work._task.service, details, duration)
+        event = WorkEvent(kind, work, self.clock(), work._task.service, details, duration)
         for listener in list(self.listeners):
             try:
                 listener(event)
@@ -206,13 +209,14 @@ class Scheduler:
     def bind(self, tg: TaskGroup) -> None:
         """Attach to the task group that will own every running work (inside the loop)."""
         self.tg = tg
-        now = anyio.current_time()
+        self.clock = _backend.fast_clock()
+        now = self.clock()
         self.started_at = self.last_progress = now
         self._threads = anyio.CapacityLimiter(self.max_threads)
         self._run_threads = anyio.CapacityLimiter(math.inf)
         for service in self.services.values():
             if service.limiter is None:
-                service.bind()
+                service.bind(self.clock)
         self._send, self._receive = anyio.create_memory_object_stream[WorkUnit | None](math.inf)
         for work in self._backlog:
             self._send.send_nowait(work)
@@ -233,7 +237,7 @@ class Scheduler:
             work._dedup_key = dedup_key
         self.seq += 1
         work._seq = self.seq
-        now = anyio.current_time()
+        now = self.clock()
         work._submitted = now
         work._where = INTAKE
         self.works[work.id] = work
@@ -276,7 +280,7 @@ class Scheduler:
                 self._drain(receive)
                 await self._tick()
                 deadline = self._next_deadline()
-                timeout = deadline - anyio.current_time()
+                timeout = deadline - self.clock()
                 if timeout <= 0:
                     continue
                 if timeout == math.inf:
@@ -301,10 +305,10 @@ class Scheduler:
         elif item._where == INTAKE:
             if self.closing:
                 return
-            self._enqueue(item, anyio.current_time())
+            self._enqueue(item, self.clock())
 
     async def _tick(self) -> None:
-        now = anyio.current_time()
+        now = self.clock()
         self._due_retries(now)
         if self.deadlines:
             await self._due_deadlines(now)
@@ -331,12 +335,17 @@ class Scheduler:
             if self.stall_timeout is not None:
                 deadline = min(deadline, self.last_progress + self.stall_timeout)
         if not self.closing:
-            now = anyio.current_time()
+            now = self.clock()
             for service in self.queued_services:
                 if service.paused_until > now:
                     deadline = min(deadline, service.paused_until)
-                elif service.limiter is not None and service.limiter.available_tokens > 0:
-                    deadline = min(deadline, service.next_rate_slot())
+                elif (
+                    service.rate is not None
+                    and service.limiter is not None
+                    and service.limiter.available_tokens > 0
+                ):
+                    # Only a rate needs timing; room freed by finished work wakes us itself.
+                    deadline = min(deadline, service.rate.next_free())
         return deadline
 
     # ------------------------------------------------------------------ queues
@@ -421,7 +430,7 @@ class Scheduler:
         checks = self.checks
         for service in list(self.queued_services):
             while service.queued and not self.closing:
-                now = anyio.current_time()
+                now = self.clock()
                 free = service.free_slots(now)
                 if free <= 0:
                     break
@@ -444,7 +453,7 @@ class Scheduler:
                         if verdict == "run":
                             if blocked or not self._start(work, service):
                                 blocked = True
-                                self._enqueue(work, anyio.current_time())
+                                self._enqueue(work, self.clock())
                         elif verdict == "skip":
                             await self._skip(work, service)
                         else:
@@ -454,7 +463,7 @@ class Scheduler:
                 else:
                     for index, work in enumerate(batch):
                         if not self._start(work, service):
-                            now = anyio.current_time()
+                            now = self.clock()
                             for rest in batch[index:]:
                                 self._enqueue(rest, now)
                             break
@@ -466,15 +475,25 @@ class Scheduler:
                 self.queued_services.pop(service, None)
 
     def _start(self, work: WorkUnit, service: Service) -> bool:
-        """Take room in the service and spawn the attempt; False when there is none now."""
+        """Take room in the service and spawn a runner for it; False when there is none now."""
+        admitted = self._admit(work, service)
+        if admitted is None:
+            return False
+        assert self.tg is not None
+        self.tg.start_soon(self._runner, work, service, *admitted)
+        return True
+
+    def _admit(self, work: WorkUnit, service: Service) -> tuple[object, bool] | None:
+        """Take a concurrency slot (and a thread slot for a sync handler on a service without
+        ``concurrent``) and a rate slot, all or nothing; mark the work running."""
         spec: TaskSpec = work._task
         borrower = object()
         limiter = service.limiter
-        assert limiter is not None and self.tg is not None
+        assert limiter is not None
         try:
             limiter.acquire_on_behalf_of_nowait(borrower)
         except anyio.WouldBlock:
-            return False
+            return None
         thread_slot = False
         if not spec.is_async and service.concurrent is None:
             assert self._threads is not None
@@ -482,15 +501,11 @@ class Scheduler:
                 self._threads.acquire_on_behalf_of_nowait(borrower)
             except anyio.WouldBlock:
                 limiter.release_on_behalf_of(borrower)
-                work._blocked = ("threads_full", f"all {self.max_threads} worker threads busy")
-                return False
+                return None
             thread_slot = True
         if service.rate is not None and not service.rate.try_admit():
-            limiter.release_on_behalf_of(borrower)
-            if thread_slot:
-                assert self._threads is not None
-                self._threads.release_on_behalf_of(borrower)
-            return False
+            self._release(service, borrower, thread_slot)
+            return None
         work._where = RUNNING
         work.state = WorkState.RUNNING
         work.started_at = time.time()
@@ -500,13 +515,158 @@ class Scheduler:
         service.started += 1
         if service.running > service.max_running:
             service.max_running = service.running
-        self.last_progress = anyio.current_time()
+        self.last_progress = self.clock()
         self.stall_warned = False
         work._scope = anyio.CancelScope()
         if self.listeners:
             self.emit("started", work, f"attempt {work.attempt}")
-        self.tg.start_soon(self._attempt, work, service, borrower, thread_slot)
-        return True
+        return borrower, thread_slot
+
+    async def _runner(
+        self, work: WorkUnit, service: Service, borrower: object, thread_slot: bool
+    ) -> None:
+        """Run attempts of one service, one after another, in this task.
+
+        After each attempt the runner takes the next queued work of the same service itself
+        (when the limits allow and its checks can be asked here), so a busy service costs no
+        task spawn and no scheduler round trip per work. With nothing it may take, it ends.
+
+        One cancel scope covers the attempts of a runner until ``cancel()`` cancels the one
+        running (``work._scope``); the runner then leaves that scope and opens a fresh one.
+        """
+        following: tuple[WorkUnit, object, bool] | None = (work, borrower, thread_slot)
+        while following is not None:
+            scope = anyio.CancelScope()
+            held: _ThreadCall | None = None
+            with scope:
+                while following is not None:
+                    work, borrower, thread_slot = following
+                    following = None
+                    work._scope = scope
+                    held = await self._attempt(work, service, borrower, thread_slot, scope)
+                    if scope.cancel_called or held is not None:
+                        break
+                    following = await self._take_next(service)
+            if held is not None:
+                try:
+                    assert held.done is not None
+                    await held.done.wait()  # a thread that outlived its wait keeps its slot
+                finally:
+                    self._release(service, borrower, thread_slot)
+            if following is None and not scope.cancel_called and held is None:
+                return
+            if following is None:
+                following = await self._take_next(service)
+
+    async def _attempt(
+        self,
+        work: WorkUnit,
+        service: Service,
+        borrower: object,
+        thread_slot: bool,
+        scope: anyio.CancelScope,
+    ) -> _ThreadCall | None:
+        """One attempt, reported. Returns the thread call when its thread still runs (the
+        caller then waits for it before releasing the slots)."""
+        spec: TaskSpec = work._task
+        hooks = self.hooks
+        call: _ThreadCall | None = None
+        result: Any = None
+        error: BaseException | None = None
+        begun = self.clock()
+        try:
+            if hooks.on_start is not None:
+                await self._report("on_start", hooks.on_start, work)
+            if spec.timeout is None:
+                if spec.is_async:
+                    result = await spec.handler(work)
+                else:
+                    call = _ThreadCall()
+                    result = await anyio.to_thread.run_sync(
+                        call.run,
+                        spec.handler,
+                        work,
+                        abandon_on_cancel=True,
+                        limiter=self._run_threads,
+                    )
+            else:
+                with anyio.CancelScope(deadline=begun + spec.timeout) as limit:
+                    if spec.is_async:
+                        result = await spec.handler(work)
+                    else:
+                        call = _ThreadCall()
+                        result = await anyio.to_thread.run_sync(
+                            call.run,
+                            spec.handler,
+                            work,
+                            abandon_on_cancel=True,
+                            limiter=self._run_threads,
+                        )
+                if limit.cancelled_caught:
+                    error = HandlerTimeout(
+                        f"task {spec.name!r} ran longer than its timeout of {spec.timeout:g}s"
+                    )
+        except Exception as exc:
+            error = exc
+        except BaseException as exc:
+            # cancel() of this work, the cue stopping, or a KeyboardInterrupt-like error.
+            still_running = call is not None and call.abandon()
+            if not still_running:
+                self._release(service, borrower, thread_slot)
+            if work._where == RUNNING:
+                if work._cancel_requested or isinstance(exc, anyio.get_cancelled_exc_class()):
+                    reason = (
+                        f"work {work.id} ({work.task}) was cancelled while it ran"
+                        if work._cancel_requested
+                        else "the cue stopped while it ran"
+                    )
+                    self._conclude_now(work, service, WorkCancelled(reason), WorkState.CANCELLED)
+                    if hooks.on_cancel is not None:
+                        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                            await self._report("on_cancel", hooks.on_cancel, work)
+                else:
+                    self._conclude_now(work, service, exc, WorkState.FAILED)
+            if still_running and work._cancel_requested and scope.cancel_called:
+                return call  # the runner absorbs our own cancellation, then waits for it
+            raise
+        duration = self.clock() - begun
+        still_running = call is not None and call.abandon()
+        if not still_running:
+            self._release(service, borrower, thread_slot)
+        await self._conclude(work, service, result, error, duration)
+        return call if still_running else None
+
+    async def _take_next(self, service: Service) -> tuple[WorkUnit, object, bool] | None:
+        checks = self.checks
+        while service.queued and not self.closing:
+            if checks.active and not checks.runs_here:
+                break  # the scheduler asks the checks in batches (in a worker thread)
+            if service.free_slots(self.clock()) <= 0:
+                break
+            work = self._pop(service)
+            if work is None:
+                break
+            if checks.active:
+                work._where = CHECKING
+                begun = time.perf_counter()
+                ((verdict, details),) = await checks.evaluate([work])
+                self._sweep_cost += time.perf_counter() - begun
+                if work._where != CHECKING:
+                    continue  # cancelled while its checks ran
+                if verdict == "skip":
+                    await self._skip(work, service)
+                    continue
+                if verdict != "run":
+                    self._park(work, verdict, details)
+                    continue
+            admitted = self._admit(work, service)
+            if admitted is None:
+                self._enqueue(work, self.clock())
+                break
+            return (work, *admitted)
+        if service.queued and not self.closing:
+            self.wake()  # work is left that the scheduler must time (a rate slot, a pause)
+        return None
 
     def _release(self, service: Service, borrower: object, thread_slot: bool) -> None:
         assert service.limiter is not None
@@ -514,84 +674,13 @@ class Scheduler:
         if thread_slot:
             assert self._threads is not None
             self._threads.release_on_behalf_of(borrower)
-
-    # ------------------------------------------------------------------ one attempt
-
-    async def _attempt(
-        self, work: WorkUnit, service: Service, borrower: object, thread_slot: bool
-    ) -> None:
-        spec: TaskSpec = work._task
-        scope = work._scope
-        assert scope is not None
-        hooks = self.hooks
-        call: _ThreadCall | None = None
-        result: Any = None
-        error: BaseException | None = None
-        begun = anyio.current_time()
-        released = False
-        try:
-            with scope:
-                if hooks.on_start is not None:
-                    await call_hook("on_start", hooks.on_start, work)
-                try:
-                    if spec.timeout is None:
-                        if spec.is_async:
-                            result = await spec.handler(work)
-                        else:
-                            call = _ThreadCall()
-                            result = await anyio.to_thread.run_sync(
-                                call.run,
-                                spec.handler,
-                                work,
-                                abandon_on_cancel=True,
-                                limiter=self._run_threads,
-                            )
-                    else:
-                        with anyio.CancelScope(deadline=begun + spec.timeout) as limit:
-                            if spec.is_async:
-                                result = await spec.handler(work)
-                            else:
-                                call = _ThreadCall()
-                                result = await anyio.to_thread.run_sync(
-                                    call.run,
-                                    spec.handler,
-                                    work,
-                                    abandon_on_cancel=True,
-                                    limiter=self._run_threads,
-                                )
-                        if limit.cancelled_caught:
-                            error = HandlerTimeout(
-                                f"task {spec.name!r} ran longer than its timeout of"
-                                f" {spec.timeout:g}s"
-                            )
-                except Exception as exc:
-                    error = exc
-            duration = anyio.current_time() - begun
-            still_running = call is not None and call.abandon()
-            if not still_running:
-                self._release(service, borrower, thread_slot)
-                released = True
-            await self._conclude(work, service, scope, result, error, duration)
-            if still_running:
-                assert call is not None and call.done is not None
-                await call.done.wait()  # the thread keeps its slot until it returns
-        except BaseException:
-            # Cancelled from outside (the cue is stopping) or a KeyboardInterrupt-like error.
-            if work._where == RUNNING:
-                self._conclude_now(work, service, WorkCancelled("the cue stopped while it ran"))
-                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                    if hooks.on_cancel is not None:
-                        await call_hook("on_cancel", hooks.on_cancel, work)
-            raise
-        finally:
-            if not released:
-                self._release(service, borrower, thread_slot)
+            if self.queued_services:
+                self.wake()  # a thread slot is shared by every service without `concurrent`
 
     async def _conclude(
         self,
         work: WorkUnit,
         service: Service,
-        scope: anyio.CancelScope,
         result: Any,
         error: BaseException | None,
         duration: float,
@@ -601,11 +690,11 @@ class Scheduler:
         spec: TaskSpec = work._task
         self.running -= 1
         service.running -= 1
-        self.last_progress = anyio.current_time()
+        self.last_progress = self.clock()
         self.stall_warned = False
-        if self.running == 0 and self._no_running is not None:
-            self._no_running.set()
-        if work._cancel_requested or scope.cancelled_caught:
+        if self.running == 0:
+            self._check_idle()
+        if work._cancel_requested:
             self._finish(
                 work,
                 WorkState.CANCELLED,
@@ -613,17 +702,17 @@ class Scheduler:
             )
             self.cancelled += 1
             if hooks.on_cancel is not None:
-                await call_hook("on_cancel", hooks.on_cancel, work)
+                await self._report("on_cancel", hooks.on_cancel, work)
             return
         if error is None:
             service.completed += 1
             self.completed += 1
             self._finish(work, WorkState.COMPLETED, result=result, duration=duration)
             if hooks.on_complete is not None:
-                await call_hook("on_complete", hooks.on_complete, work, result, duration)
+                await self._report("on_complete", hooks.on_complete, work, result, duration)
             return
         if isinstance(error, RateLimited):
-            now = anyio.current_time()
+            now = self.clock()
             service.paused_until = max(service.paused_until, now + error.retry_after)
             logger.info(
                 "runcue: service %r paused for %.3gs (RateLimited from %s)",
@@ -644,8 +733,8 @@ class Scheduler:
             if self.listeners:
                 self.emit("retrying", work, f"{error!r}; retry in {delay:.3g}s", duration)
             if hooks.on_retry is not None:
-                await call_hook("on_retry", hooks.on_retry, work, error, delay)
-            now = anyio.current_time()
+                await self._report("on_retry", hooks.on_retry, work, error, delay)
+            now = self.clock()
             if self._back_to_pending(work, now):
                 work.attempt += 1
                 work._token += 1
@@ -658,7 +747,7 @@ class Scheduler:
         self.failed += 1
         self._finish(work, WorkState.FAILED, exception=error, duration=duration)
         if hooks.on_failure is not None:
-            await call_hook("on_failure", hooks.on_failure, work, error)
+            await self._report("on_failure", hooks.on_failure, work, error)
 
     def _back_to_pending(self, work: WorkUnit, now: float) -> bool:
         """Make a finished attempt pending again; False (and cancelled) when the cue stops."""
@@ -675,24 +764,30 @@ class Scheduler:
         self._mark_pending(work, now)
         return True
 
-    def _conclude_now(self, work: WorkUnit, service: Service, error: BaseException) -> None:
-        """Synchronous bookkeeping for an attempt ended by outside cancellation."""
+    def _conclude_now(
+        self, work: WorkUnit, service: Service, error: BaseException, state: WorkState
+    ) -> None:
+        """Synchronous bookkeeping for an attempt ended by cancellation or a BaseException."""
         self.running -= 1
         service.running -= 1
-        if self.running == 0 and self._no_running is not None:
-            self._no_running.set()
-        self.cancelled += 1
-        self._finish(work, WorkState.CANCELLED, exception=error)
+        if self.running == 0:
+            self._check_idle()
+        if state is WorkState.CANCELLED:
+            self.cancelled += 1
+        else:
+            service.failed += 1
+            self.failed += 1
+        self._finish(work, state, exception=error)
 
     async def _skip(self, work: WorkUnit, service: Service) -> None:
         service.skipped += 1
         self.skipped += 1
         work.skipped = True
-        self.last_progress = anyio.current_time()
+        self.last_progress = self.clock()
         self.stall_warned = False
         self._finish(work, WorkState.COMPLETED)
         if self.hooks.on_skip is not None:
-            await call_hook("on_skip", self.hooks.on_skip, work)
+            await self._report("on_skip", self.hooks.on_skip, work)
 
     def _finish(
         self,
@@ -722,11 +817,10 @@ class Scheduler:
         waiter = self._waiters.pop(work.id, None)
         if waiter is not None:
             waiter.set()
-        if not self.works:
-            self._idle.set()
-        if state is not WorkState.CANCELLED:
+        self._check_idle()
+        if self.parked and state is not WorkState.CANCELLED:
             self._sweep_wanted = True
-        self.wake()
+            self.wake()
         if self.listeners:
             kind = "skipped" if work.skipped else state.value
             self.emit(kind, work, "" if exception is None else repr(exception), duration)
@@ -753,7 +847,7 @@ class Scheduler:
             waited = now - since
             if kind == _WARN:
                 if self.hooks.on_pending_warning is not None:
-                    await call_hook(
+                    await self._report(
                         "on_pending_warning", self.hooks.on_pending_warning, work, waited
                     )
                 else:
@@ -778,7 +872,7 @@ class Scheduler:
         self.failed += 1
         self._finish(work, WorkState.FAILED, exception=error)
         if self.hooks.on_failure is not None:
-            await call_hook("on_failure", self.hooks.on_failure, work, error)
+            await self._report("on_failure", self.hooks.on_failure, work, error)
 
     async def _check_stall(self, now: float) -> None:
         pending = self.pending
@@ -814,7 +908,7 @@ class Scheduler:
         ):
             self.stall_warned = True
             if self.hooks.on_stall_warning is not None:
-                await call_hook("on_stall_warning", self.hooks.on_stall_warning, quiet, pending)
+                await self._report("on_stall_warning", self.hooks.on_stall_warning, quiet, pending)
             else:
                 logger.warning(
                     "runcue: no work started or finished for %.1fs; %d pending (see"
@@ -831,7 +925,7 @@ class Scheduler:
             self.cancelled += 1
             self._finish(work, WorkState.CANCELLED, exception=WorkCancelled(reason))
             if self.hooks.on_cancel is not None:
-                await call_hook("on_cancel", self.hooks.on_cancel, work)
+                await self._report("on_cancel", self.hooks.on_cancel, work)
             return True
         if work.state is WorkState.RUNNING:
             work._cancel_requested = True
@@ -859,13 +953,32 @@ class Scheduler:
                 work._cancel_requested = True
                 work._scope.cancel()
 
+    async def _report(self, name: str, hook: Callable[..., Any], *args: Any) -> None:
+        """Call an event callback; join() and stop() wait until it returned."""
+        self._reporting += 1
+        try:
+            await call_hook(name, hook, *args)
+        finally:
+            self._reporting -= 1
+            self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self._reporting:
+            return
+        if not self.works:
+            self._idle.set()
+        if not self.running and self._no_running is not None:
+            self._no_running.set()
+
     async def wait_no_running(self) -> None:
-        while self.running:
+        while self.running or self._reporting:
             self._no_running = anyio.Event()
             await self._no_running.wait()
 
     async def join(self) -> None:
-        while self.works:
+        while self.works or self._reporting:
+            if self._idle.is_set():
+                self._idle = anyio.Event()
             await self._idle.wait()
 
     async def wait_for(self, work: WorkUnit) -> None:
@@ -881,7 +994,7 @@ class Scheduler:
     def describe(self, work: WorkUnit) -> tuple[str, str]:
         """(reason, details) for why this pending work is not running."""
         where = work._where
-        now = anyio.current_time()
+        now = self.clock()
         if where in (PARKED,) and work._blocked is not None:
             return work._blocked
         if where == INTAKE:
@@ -914,8 +1027,14 @@ class Scheduler:
                     "service_full",
                     f"{label} runs {service.running} of {service.concurrent} at once",
                 )
-            if work._blocked is not None and work._blocked[0] == "threads_full":
-                return work._blocked
+            threads = self._threads
+            if (
+                not work._task.is_async
+                and service.concurrent is None
+                and threads is not None
+                and threads.available_tokens <= 0
+            ):
+                return ("threads_full", f"all max_threads={self.max_threads} worker threads busy")
             if service.rate is not None:
                 next_free = service.rate.next_free()
                 if next_free > now:

@@ -81,8 +81,11 @@ class Service:
         if self.limiter is not None:
             self.limiter.total_tokens = math.inf if concurrent is None else concurrent
 
-    def bind(self) -> None:
-        """Create the CapacityLimiter; called once the event loop runs."""
+    def bind(self, clock: Callable[[], float]) -> None:
+        """Create the CapacityLimiter and adopt the loop's clock; called once the loop runs."""
+        self._clock = clock
+        if self.rate is not None:
+            self.rate.set_clock(clock)
         self.limiter = anyio.CapacityLimiter(
             math.inf if self.concurrent is None else self.concurrent
         )

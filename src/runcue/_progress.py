@@ -1,0 +1,347 @@
+"""A live terminal dashboard for a running cue, and the same view of any stats snapshot.
+
+Both draw with `rich <https://rich.readthedocs.io>`_, which runcue itself does not depend on:
+it is imported only when :func:`progress` or :func:`render_stats` is called, and its absence
+is reported with the command that installs it (``pip install 'runcue[sim]'``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._events import WorkEvent
+from ._hooks import logger
+from ._stats import CueStats, RateWindowStats, ServiceStats
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.text import Text
+
+    from ._cue import Cue
+
+__all__ = ["progress", "render_stats"]
+
+INSTALL_HINT = "pip install 'runcue[sim]'"
+_FINAL_KINDS = frozenset({"completed", "failed", "skipped", "cancelled"})
+_RATE_WINDOW = 10.0  # seconds of finishes the live view averages its throughput over
+_EVENT_STYLES = {
+    "queued": "dim",
+    "waiting": "yellow",
+    "started": "cyan",
+    "completed": "green",
+    "failed": "bold red",
+    "skipped": "blue",
+    "retrying": "magenta",
+    "paused": "yellow",
+    "cancelled": "red",
+}
+
+
+def _require_rich(caller: str) -> None:
+    try:
+        import rich  # noqa: F401
+    except ImportError as exc:
+        msg = (
+            f"{caller} draws with the 'rich' package, which is not installed;"
+            f" install it with: {INSTALL_HINT}"
+        )
+        raise ImportError(msg, name="rich") from exc
+
+
+def _clock(seconds: float) -> str:
+    """``h:mm:ss`` (or ``m:ss`` under an hour)."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _period(seconds: float) -> str:
+    """A window length the way rate strings write it: ``s``, ``min``, ``h``, ``15min``."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            count = int(seconds / size)
+            return unit if count == 1 else f"{count}{unit}"
+    return "s" if seconds == 1 else f"{seconds:g}s"
+
+
+def _bar(used: float, limit: float, width: int = 10) -> Text:
+    from rich.text import Text
+
+    share = 0.0 if limit <= 0 or math.isinf(limit) else min(1.0, used / limit)
+    filled = round(share * width)
+    style = "red" if share >= 1.0 else "yellow" if share >= 0.75 else "green"
+    bar = Text("█" * filled, style=style)
+    bar.append("░" * (width - filled), style="dim")
+    return bar
+
+
+def _state(service: ServiceStats) -> Text:
+    from rich.text import Text
+
+    if service.paused_for > 0:
+        return Text(f"paused {service.paused_for:.1f}s", style="bold yellow")
+    if service.pending and service.next_free_slot > 0:
+        return Text(f"rate-limited, next {service.next_free_slot:.2g}s", style="yellow")
+    if service.concurrent is not None and service.running >= service.concurrent:
+        return Text("full", style="yellow")
+    if service.running:
+        return Text("running", style="green")
+    if service.pending:
+        return Text("waiting", style="dim")
+    return Text("idle", style="dim")
+
+
+def _rate_use(windows: tuple[RateWindowStats, ...]) -> Text:
+    from rich.text import Text
+
+    if not windows:
+        return Text("-", style="dim")
+    lines = Text()
+    for index, window in enumerate(windows):
+        if index:
+            lines.append("\n")
+        lines.append_text(_bar(window.used, window.limit, width=8))
+        lines.append(f" {window.used}/{window.limit} per {_period(window.period)}")
+    return lines
+
+
+def _event_line(event: WorkEvent | RenderableType) -> RenderableType:
+    return _event_text(event) if isinstance(event, WorkEvent) else event
+
+
+def _event_text(event: WorkEvent) -> Text:
+    from rich.text import Text
+
+    line = Text()
+    line.append(f"{event.kind:<10}", style=_EVENT_STYLES.get(event.kind, ""))
+    line.append(f"{event.work.task:<14} ", style="bold")
+    line.append(f"{event.work.id:<14} ", style="dim")
+    if event.duration is not None:
+        line.append(f"{event.duration * 1000:.0f}ms ")
+    line.append(event.details)
+    return line
+
+
+def render_stats(
+    stats: CueStats,
+    *,
+    title: str = "runcue",
+    events: Iterable[WorkEvent | RenderableType] | None = None,
+    throughput: float | None = None,
+) -> RenderableType:
+    """Draw a :class:`CueStats` snapshot as a rich renderable: the same view as :func:`progress`.
+
+    Print it (``rich.print(runcue.render_stats(cue.stats()))``) to report on any batch job.
+    Take the snapshot while the cue runs: a stopped cue reports no elapsed time and empty
+    rate windows.
+
+    :param title: shown in the first panel's title.
+    :param events: recent events (or ready-made lines: strings, rich renderables) for a
+        "Recent events" panel; None
+        leaves the panel out.
+    :param throughput: finished work per second to show and to base the ETA on; None uses
+        the average since the cue started.
+    :raises ImportError: when rich is not installed (the message says how to install it).
+    """
+    _require_rich("runcue.render_stats()")
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    finished = stats.finished
+    remaining = stats.pending + stats.running
+    if throughput is None:
+        throughput = finished / stats.elapsed if stats.elapsed > 0 else 0.0
+    if remaining == 0:
+        eta = "done" if stats.submitted else "-"
+    elif throughput > 0:
+        eta = _clock(remaining / throughput)
+    else:
+        eta = "-"
+
+    counts = Text()
+    for label, value, style in (
+        ("pending", stats.pending, "yellow"),
+        ("running", stats.running, "cyan"),
+        ("done", stats.completed, "green"),
+        ("failed", stats.failed, "red"),
+        ("skipped", stats.skipped, "blue"),
+        ("cancelled", stats.cancelled, "red"),
+        ("retried", stats.retried, "magenta"),
+    ):
+        if label in ("cancelled", "retried") and not value:
+            continue
+        counts.append(f"{label} ", style="dim")
+        counts.append(f"{value}", style=f"bold {style}")
+        counts.append("   ")
+    share = finished / stats.submitted if stats.submitted else 0.0
+    progress_line = Table.grid(expand=True, padding=(0, 1))
+    progress_line.add_column(ratio=1)
+    progress_line.add_column(no_wrap=True)
+    progress_line.add_row(
+        ProgressBar(total=float(max(stats.submitted, 1)), completed=float(finished)),
+        Text(
+            f"{finished}/{stats.submitted} {share:4.0%}  ETA {eta}  {throughput:.1f}/s"
+            f"  elapsed {_clock(stats.elapsed)}"
+        ),
+    )
+    queue = Panel(
+        Group(counts, progress_line), title=f"[bold]{title}[/] · Queue", title_align="left"
+    )
+
+    table = Table(expand=True, box=None, padding=(0, 1), header_style="bold")
+    table.add_column("service", no_wrap=True)
+    table.add_column("running", no_wrap=True)
+    table.add_column("pending", justify="right")
+    table.add_column("done", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_column("rate use", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    for service in stats.services.values():
+        if service.name is None and not (service.started or service.pending or service.skipped):
+            continue  # tasks without a service: only shown once they have been used
+        limit = math.inf if service.concurrent is None else service.concurrent
+        running = _bar(service.running, limit)
+        running.append(f" {service.running}/{'∞' if math.isinf(limit) else service.concurrent}")
+        table.add_row(
+            Text(service.name or "(no service)", style="bold"),
+            running,
+            str(service.pending),
+            str(service.completed),
+            Text(str(service.failed), style="red" if service.failed else ""),
+            _rate_use(service.windows),
+            _state(service),
+        )
+    parts: list[RenderableType] = [
+        queue,
+        Panel(table, title="Services", title_align="left"),
+    ]
+    if events is not None:
+        lines = [_event_line(event) for event in events]
+        body: RenderableType = Group(*lines) if lines else Text("(none yet)", style="dim")
+        parts.append(Panel(body, title="Recent events", title_align="left"))
+    return Group(*parts)
+
+
+@asynccontextmanager
+async def progress(
+    cue: Cue,
+    *,
+    console: Console | None = None,
+    title: str = "runcue",
+    events: int = 8,
+    refresh_per_second: float = 4.0,
+    transient: bool = False,
+    wait: bool = True,
+) -> AsyncIterator[None]:
+    """Show a live dashboard of ``cue`` while the block runs.
+
+    ::
+
+        async with runcue.Cue() as cue, runcue.progress(cue):
+            for page in pages:
+                await cue.submit("extract", {"page": page})
+
+    The view shows the queue counts, a progress bar with ETA and throughput, a row per service
+    (running against its limit, done and failed, the use of each rate window, pauses) and the
+    most recent events. It refreshes from a task of its own, on the event loop, a few times a
+    second; leaving the block normally first waits until the cue has nothing pending or running
+    (as leaving the cue's own block would), so the view follows the work to its end and its
+    last frame stays on screen. An exception in the block leaves at once and comes out as
+    itself.
+
+    :param console: the rich ``Console`` to draw on (default: a new one on stdout).
+    :param title: shown in the first panel's title.
+    :param events: how many recent events to show (0 hides the panel).
+    :param refresh_per_second: redraws per second.
+    :param transient: erase the view when the block ends.
+    :param wait: wait for the cue to be idle before leaving (see above).
+    :raises ImportError: when rich is not installed (the message says how to install it).
+    """
+    _require_rich("runcue.progress()")
+    if isinstance(events, bool) or not isinstance(events, int) or events < 0:
+        msg = f"events must be a whole number >= 0, got {events!r}"
+        raise ValueError(msg)
+    if not refresh_per_second > 0:
+        msg = f"refresh_per_second must be > 0, got {refresh_per_second!r}"
+        raise ValueError(msg)
+    from rich.live import Live
+    from rich.text import Text
+
+    recent: deque[tuple[float, WorkEvent]] = deque(maxlen=max(events, 1))
+    finishes: deque[float] = deque()
+
+    def listen(event: WorkEvent) -> None:
+        if events:
+            recent.append((time.time(), event))
+        if event.kind in _FINAL_KINDS:
+            finishes.append(event.time)
+
+    def frame() -> RenderableType:
+        stats = cue.stats()
+        throughput = None
+        if stats.elapsed > 0:
+            now = anyio.current_time()
+            while finishes and finishes[0] < now - _RATE_WINDOW:
+                finishes.popleft()
+            throughput = len(finishes) / min(_RATE_WINDOW, stats.elapsed)
+        lines = None
+        if events:
+            lines = [
+                Text.assemble(
+                    (time.strftime("%H:%M:%S", time.localtime(wall)), "dim"),
+                    f".{int(wall % 1 * 1000):03d} ",
+                    _event_text(event),
+                )
+                for wall, event in list(recent)
+            ]
+        return render_stats(stats, title=title, events=lines, throughput=throughput)
+
+    async def refresh_forever(live: Live) -> None:
+        while True:
+            await anyio.sleep(1 / refresh_per_second)
+            try:
+                live.update(frame(), refresh=True)
+            except Exception:
+                logger.exception("runcue: the progress view failed to draw; it stops refreshing")
+                return
+
+    unsubscribe = cue.subscribe(listen)
+    live = Live(
+        frame(),
+        console=console,
+        auto_refresh=False,  # rich's own refresh thread must not call cue.stats()
+        transient=transient,
+        redirect_stdout=True,
+        redirect_stderr=True,
+    )
+    live.start()
+    body_error: BaseException | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(refresh_forever, live)
+            try:
+                yield
+                if wait:
+                    await cue.join()
+            except BaseException as exc:  # re-raised below, outside the task group
+                body_error = exc
+            tg.cancel_scope.cancel()
+    finally:
+        unsubscribe()
+        try:
+            live.update(frame(), refresh=True)
+        finally:
+            live.stop()
+    if body_error is not None:
+        raise body_error

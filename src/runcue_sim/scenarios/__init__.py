@@ -1,0 +1,36 @@
+"""The built-in scenarios: small runcue programs, written as a user would, over fake artifacts.
+
+Each module has a ``NAME``, a one-line ``DESCRIPTION``, a longer ``DETAILS`` and
+``setup(cue, sim)``, which registers its services, tasks and checks on the cue and returns
+``submit(item)``: the coroutine that submits all the work of one input item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import runcue
+
+from ..fake import Sim
+from . import dynamic, fanout, pipeline, single_queue
+
+__all__ = ["SCENARIOS", "Scenario", "SubmitItem"]
+
+SubmitItem = Callable[[int], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One built-in scenario, as ``--list-scenarios`` shows it."""
+
+    name: str
+    description: str
+    details: str
+    setup: Callable[[runcue.Cue, Sim], SubmitItem]
+
+
+SCENARIOS: dict[str, Scenario] = {
+    module.NAME: Scenario(module.NAME, module.DESCRIPTION, module.DETAILS, module.setup)
+    for module in (single_queue, pipeline, fanout, dynamic)
+}
