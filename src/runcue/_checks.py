@@ -54,6 +54,7 @@ class CheckRunner:
         self._hooks = hooks
         self._mode = mode
         self._timeout = math.inf if timeout is None else timeout
+        self.timeout = self._timeout  # also bounds async event callbacks
         self._limiter: anyio.CapacityLimiter | None = None
         self.calls = {"is_ready": 0, "is_stale": 0}
         self.errors = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import os
 import sys
 import time
@@ -11,6 +12,8 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from . import _backend
@@ -99,7 +102,8 @@ class Cue:
         (a service with ``concurrent=M`` gets exactly M).
     :param checks: where sync checks run: ``"auto"`` (on the loop until one is slow, then in a
         worker thread), ``"inline"`` or ``"thread"``.
-    :param check_timeout: seconds a check may take before it counts as a ``check_error``.
+    :param check_timeout: seconds a check may take before it counts as a ``check_error``;
+        it also bounds each async event callback (cancelled and logged when it runs over).
     :param seed: seeds the retry jitter, for reproducible runs.
     """
 
@@ -160,6 +164,7 @@ class Cue:
         self._closed = anyio.Event()
         self._entered = anyio.Event()
         self._background_error: BaseException | None = None
+        self._token: anyio.lowlevel.EventLoopToken | None = None
         self._id_prefix = os.urandom(3).hex()
         self._ids = 0
 
@@ -328,6 +333,7 @@ class Cue:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        self._token = anyio.lowlevel.current_token()
         try:
             self._engine.bind(tg)
             await tg.start(self._run_loop)
@@ -527,6 +533,31 @@ class Cue:
         )
         work._task = spec
         return self._engine.submit(work, dedup_key).id
+
+    def submit_threadsafe(
+        self,
+        task: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        priority: float | None = None,
+        key: Any = None,
+    ) -> str:
+        """``submit()`` from another thread (a sync handler, a GUI or a plain thread).
+
+        Blocks that thread until the cue's event loop took the work; returns its id. Raises
+        what ``submit()`` raises, and ``CueStateError`` when the cue is not running. Do not
+        call it from the event loop's own thread: use ``await cue.submit()`` there.
+        """
+        token = self._token
+        if token is None or self._state != _RUNNING:
+            msg = (
+                f"submit_threadsafe() needs a running cue, and this one is {self._state}; start"
+                " it first ('async with', start() or tg.start(cue.run))"
+            )
+            raise CueStateError(msg)
+        return anyio.from_thread.run(
+            functools.partial(self.submit, task, params, priority=priority, key=key), token=token
+        )
 
     def _find(self, work_id: str) -> WorkUnit | None:
         engine = self._engine

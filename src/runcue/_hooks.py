@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
+
+import anyio
 
 __all__ = ["Hooks", "call_hook", "logger"]
 
@@ -45,14 +48,23 @@ class Hooks:
         self.on_stall_warning: Hook | None = None
 
 
-async def call_hook(name: str, hook: Hook, *args: Any) -> None:
+async def call_hook(name: str, hook: Hook, *args: Any, timeout: float = math.inf) -> None:
     """Call an event callback, sync or async; an exception is logged, never raised.
 
-    Cancellation (a BaseException) still propagates: the cue is shutting down.
+    An async callback gets ``timeout`` seconds, then is cancelled and logged. Cancellation
+    from outside still propagates: the cue is shutting down.
     """
     try:
         result = hook(*args)
         if inspect.isawaitable(result):
-            await result
+            with anyio.move_on_after(timeout) as scope:
+                await result
+            if scope.cancelled_caught:
+                logger.error(
+                    "runcue: the %s callback %r did not return within %gs; it was cancelled",
+                    name,
+                    hook,
+                    timeout,
+                )
     except Exception:
         logger.exception("runcue: the %s callback %r raised; the cue goes on", name, hook)

@@ -430,8 +430,7 @@ class Scheduler:
         checks = self.checks
         for service in list(self.queued_services):
             while service.queued and not self.closing:
-                now = self.clock()
-                free = service.free_slots(now)
+                free = service.free_slots(self.clock)
                 if free <= 0:
                     break
                 count = int(min(free, service.queued, BATCH_MAX))
@@ -517,7 +516,6 @@ class Scheduler:
             service.max_running = service.running
         self.last_progress = self.clock()
         self.stall_warned = False
-        work._scope = anyio.CancelScope()
         if self.listeners:
             self.emit("started", work, f"attempt {work.attempt}")
         return borrower, thread_slot
@@ -641,7 +639,7 @@ class Scheduler:
         while service.queued and not self.closing:
             if checks.active and not checks.runs_here:
                 break  # the scheduler asks the checks in batches (in a worker thread)
-            if service.free_slots(self.clock()) <= 0:
+            if service.free_slots(self.clock) <= 0:
                 break
             work = self._pop(service)
             if work is None:
@@ -957,7 +955,7 @@ class Scheduler:
         """Call an event callback; join() and stop() wait until it returned."""
         self._reporting += 1
         try:
-            await call_hook(name, hook, *args)
+            await call_hook(name, hook, *args, timeout=self.checks.timeout)
         finally:
             self._reporting -= 1
             self._check_idle()

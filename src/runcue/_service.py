@@ -90,13 +90,18 @@ class Service:
             math.inf if self.concurrent is None else self.concurrent
         )
 
-    def free_slots(self, now: float) -> float:
-        """How many more starts the limits allow right now (inf when unlimited)."""
-        if self.paused_until > now:
-            return 0
+    def free_slots(self, clock: Callable[[], float]) -> float:
+        """How many more starts the limits allow right now (inf when unlimited).
+
+        Reads ``clock`` only when a pause or a rate makes time matter.
+        """
         free = math.inf if self.limiter is None else self.limiter.available_tokens
+        if free <= 0:
+            return 0
+        if self.paused_until != -math.inf and self.paused_until > clock():
+            return 0
         rate = self.rate
-        if rate is not None and free > 0:
+        if rate is not None:
             free = min(free, min(spec.limit - used for spec, used in rate.used()))
         return max(free, 0)
 
