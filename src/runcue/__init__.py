@@ -4,6 +4,9 @@ Declare services (limits), tasks (handlers) and two checks on your own artifacts
 ``is_ready`` and ``is_stale`` -- then submit work; runcue decides when each piece runs.
 """
 
+from ._artifacts import Artifact as Artifact
+from ._artifacts import File as File
+from ._artifacts import atomic_write as atomic_write
 from ._cue import Cue as Cue
 from ._errors import CueStateError as CueStateError
 from ._errors import HandlerTimeout as HandlerTimeout
@@ -19,6 +22,7 @@ from ._errors import WorkNotFound as WorkNotFound
 from ._errors import WorkTimeout as WorkTimeout
 from ._events import EVENT_KINDS as EVENT_KINDS
 from ._events import WorkEvent as WorkEvent
+from ._graph import GraphReport as GraphReport
 from ._progress import progress as progress
 from ._progress import render_stats as render_stats
 from ._rate import RateSpec as RateSpec
@@ -35,9 +39,12 @@ from ._work import WorkUnit as WorkUnit
 __version__ = "0.3.0"
 
 __all__ = [
+    "Artifact",
     "Backoff",
     "Cue",
     "EVENT_KINDS",
+    "File",
+    "GraphReport",
     "CueStateError",
     "CueStats",
     "HandlerTimeout",
@@ -59,6 +66,7 @@ __all__ = [
     "WorkState",
     "WorkTimeout",
     "WorkUnit",
+    "atomic_write",
     "parse_rate",
     "progress",
     "render_stats",

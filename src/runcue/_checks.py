@@ -19,6 +19,7 @@ from typing import Any, Literal
 import anyio
 import anyio.to_thread
 
+from ._artifacts import declared_ready, declared_stale, describe
 from ._hooks import Hooks, logger
 from ._task import is_async_callable
 from ._work import WorkUnit
@@ -31,6 +32,17 @@ SLOW_CHECK_SECONDS = 0.002
 RUN = ("run", "")
 SKIP = ("skip", "")
 Verdict = tuple[str, str]  # ("run" | "skip" | "not_ready" | "check_error", details)
+
+
+def _inputs_ready(work: WorkUnit) -> bool:
+    """Declared readiness: every input exists (the missing ones are kept on the work)."""
+    work._missing = declared_ready(work._inputs)
+    return not work._missing
+
+
+def _outputs_stale(work: WorkUnit) -> bool:
+    """Declared staleness: Make's rule over the work's inputs and outputs."""
+    return declared_stale(work._inputs, work._outputs, work._task.max_age) is not None
 
 
 def _evaluate_sync(check: Callable[[WorkUnit], Any], works: Sequence[WorkUnit]) -> list[Any]:
@@ -56,7 +68,8 @@ class CheckRunner:
         self._timeout = math.inf if timeout is None else timeout
         self.timeout = self._timeout  # also bounds async event callbacks
         self._limiter: anyio.CapacityLimiter | None = None
-        self.calls = {"is_ready": 0, "is_stale": 0}
+        self.calls = {"is_ready": 0, "is_stale": 0, "inputs": 0, "outputs": 0}
+        self.declarations = False  # set once a task declares inputs or outputs
         self.errors = 0
 
     @property
@@ -66,15 +79,29 @@ class CheckRunner:
 
     @property
     def active(self) -> bool:
-        """False when no check is registered: every work simply runs."""
-        return self._hooks.is_ready is not None or self._hooks.is_stale is not None
+        """False when no check is registered and no task declares artifacts."""
+        return (
+            self.declarations
+            or self._hooks.is_ready is not None
+            or self._hooks.is_stale is not None
+        )
 
     async def evaluate(self, works: Sequence[WorkUnit]) -> list[Verdict]:
         """One verdict per work, in order."""
         verdicts: list[Verdict] = [RUN] * len(works)
         hooks = self._hooks
         todo = list(range(len(works)))
-        if hooks.is_ready is not None:
+        declared = [i for i in todo if works[i]._task.declares]
+        if declared:
+            answers = await self._ask("inputs", _inputs_ready, [works[i] for i in declared])
+            for i, answer in zip(declared, answers):
+                if answer is False:
+                    missing = ", ".join(describe(item) for item in works[i]._missing[:3])
+                    verdicts[i] = ("not_ready", f"missing input {missing}")
+                elif answer is not True:
+                    verdicts[i] = ("check_error", f"checking the inputs raised {answer!r}")
+            todo = [i for i in todo if verdicts[i] is RUN]
+        if hooks.is_ready is not None and todo:
             answers = await self._ask("is_ready", hooks.is_ready, [works[i] for i in todo])
             still: list[int] = []
             for i, answer in zip(todo, answers):
@@ -85,6 +112,15 @@ class CheckRunner:
                 else:
                     verdicts[i] = ("check_error", f"is_ready raised {answer!r}")
             todo = still
+        declared = [i for i in todo if works[i]._task.declares]
+        if declared:
+            answers = await self._ask("outputs", _outputs_stale, [works[i] for i in declared])
+            for i, answer in zip(declared, answers):
+                if answer is False:
+                    verdicts[i] = SKIP  # up to date: the user's is_stale cannot force a run
+                elif answer is not True:
+                    verdicts[i] = ("check_error", f"checking the outputs raised {answer!r}")
+            todo = [i for i in todo if verdicts[i] is RUN]
         if hooks.is_stale is not None and todo:
             answers = await self._ask("is_stale", hooks.is_stale, [works[i] for i in todo])
             for i, answer in zip(todo, answers):

@@ -17,6 +17,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from . import _backend
+from ._artifacts import ArtifactSpec, resolve
 from ._checks import CheckMode, CheckRunner
 from ._errors import (
     CueStateError,
@@ -26,6 +27,7 @@ from ._errors import (
     WorkNotFound,
 )
 from ._events import WorkEvent
+from ._graph import GraphReport, check_graph
 from ._hooks import Hooks
 from ._scheduler import Scheduler
 from ._service import Service
@@ -201,6 +203,10 @@ class Cue:
         backoff: Backoff | float | None = None,
         retry_on: RetryOn = Exception,
         timeout: float | None = None,
+        inputs: ArtifactSpec | None = None,
+        outputs: ArtifactSpec | None = None,
+        max_age: float | None = None,
+        delete_on_error: bool = True,
     ) -> Callable[[F], F]:
         """Register the decorated function (sync or async) as the handler of task ``name``.
 
@@ -209,6 +215,11 @@ class Cue:
         :param backoff: a :class:`Backoff`, or a number used as its ``base``.
         :param retry_on: exception types, or a predicate on the exception, that deserve a retry.
         :param timeout: seconds before an attempt fails with ``HandlerTimeout``.
+        :param inputs: declared input artifacts: a params key, or ``work -> iterable`` of paths
+            or artifacts. The work is ready when all exist.
+        :param outputs: declared outputs, likewise. The work is stale when one is missing or
+            older than an input (or than ``max_age`` seconds).
+        :param delete_on_error: remove declared outputs a failed attempt created or changed.
         """
         if not isinstance(name, str) or not name:
             msg = f"a task name must be a non-empty string, got {name!r}"
@@ -244,6 +255,14 @@ class Cue:
             )
             raise TypeError(msg)
         limit = _check_seconds(f"task {name!r}: timeout", timeout)
+        age = _check_seconds(f"task {name!r}: max_age", max_age)
+        for label, spec in (("inputs", inputs), ("outputs", outputs)):
+            if spec is not None and not (isinstance(spec, str) or callable(spec)):
+                msg = (
+                    f"task {name!r}: {label} must be a params key (str) or a function of the"
+                    f" work returning paths or artifacts, got {spec!r}"
+                )
+                raise TypeError(msg)
 
         def register(handler: F) -> F:
             if not callable(handler):
@@ -258,7 +277,13 @@ class Cue:
                 backoff=policy,
                 retry_on=retry_on,
                 timeout=limit,
+                inputs=inputs,
+                outputs=outputs,
+                max_age=age,
+                delete_on_error=delete_on_error,
             )
+            if inputs is not None or outputs is not None:
+                self._engine.checks.declarations = True
             return handler
 
         return register
@@ -532,6 +557,13 @@ class Cue:
             created_at=time.time(),
         )
         work._task = spec
+        if spec.declares:
+            try:
+                work._inputs = resolve(spec.inputs, work)
+                work._outputs = resolve(spec.outputs, work)
+            except Exception as exc:
+                msg = f"task {task!r}: its inputs/outputs could not be read for {params!r}: {exc}"
+                raise TypeError(msg) from exc
         return self._engine.submit(work, dedup_key).id
 
     def submit_threadsafe(
@@ -678,6 +710,12 @@ class Cue:
         if work.state is WorkState.COMPLETED:
             return f"{name} completed."
         return f"{name} is {work.state.value}: {work.error}."
+
+    def check_graph(self) -> GraphReport:
+        """Look for stalls before they happen among pending work that declares its inputs:
+        missing inputs that no pending or running work produces, and cycles of work waiting
+        for each other's outputs. ``str(report)`` reads as sentences; ``report.ok``."""
+        return check_graph(self._engine)
 
     def stats(self) -> CueStats:
         """A frozen snapshot of every counter (see :class:`CueStats`)."""

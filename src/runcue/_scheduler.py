@@ -44,6 +44,7 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from . import _backend
+from ._artifacts import Snapshot, artifact_key, declared_stale, describe
 from ._checks import CheckRunner
 from ._errors import (
     HandlerTimeout,
@@ -155,7 +156,12 @@ class Scheduler:
         self.works: dict[str, WorkUnit] = {}  # pending and running
         self.finished: OrderedDict[str, WorkUnit] = OrderedDict()
         self.dedup: dict[Any, WorkUnit] = {}
-        self.parked: dict[str, WorkUnit] = {}
+        self.parked: dict[str, WorkUnit] = {}  # rechecked by sweeps
+        # Declared work waiting for an input that live work will produce: woken precisely
+        # when that producer finishes, never swept (see _park).
+        self.parked_precise: dict[str, WorkUnit] = {}
+        self.producers: dict[Any, dict[str, WorkUnit]] = {}  # output key -> live producers
+        self.waiting_on: dict[Any, dict[str, WorkUnit]] = {}  # input key -> parked consumers
         self.delayed: list[tuple[float, int, int, WorkUnit]] = []
         self.deadlines: list[tuple[float, int, int, float, WorkUnit]] = []
         self.queued_services: dict[Service, None] = {}  # services with queued work, in order
@@ -242,6 +248,8 @@ class Scheduler:
         work._where = INTAKE
         self.works[work.id] = work
         self.submitted += 1
+        for output in work._outputs:
+            self.producers.setdefault(artifact_key(output), {})[work.id] = work
         if self._idle.is_set():
             self._idle = anyio.Event()
         self._mark_pending(work, now)
@@ -264,6 +272,8 @@ class Scheduler:
 
     def poke(self) -> None:
         """Recheck every parked work now."""
+        self.parked.update(self.parked_precise)
+        self.parked_precise.clear()
         self._sweep_wanted = True
         self._last_sweep = -math.inf
         self.wake()
@@ -389,12 +399,24 @@ class Scheduler:
                 self.queued_services.pop(service, None)
         elif where == PARKED:
             self.parked.pop(work.id, None)
+            self.parked_precise.pop(work.id, None)
         work._where = NOWHERE
 
     def _park(self, work: WorkUnit, reason: str, details: str) -> None:
         work._where = PARKED
         work._blocked = (reason, details)
-        self.parked[work.id] = work
+        precise = False
+        if reason == "not_ready" and work._missing:
+            for item in work._missing:
+                key = artifact_key(item)
+                self.waiting_on.setdefault(key, {})[work.id] = work
+                producers = self.producers.get(key)
+                if producers and any(p is not work for p in producers.values()):
+                    precise = True
+        if precise:
+            self.parked_precise[work.id] = work
+        else:
+            self.parked[work.id] = work
         if self.listeners:
             self.emit("waiting", work, f"{reason}: {details}")
 
@@ -571,6 +593,7 @@ class Scheduler:
         call: _ThreadCall | None = None
         result: Any = None
         error: BaseException | None = None
+        snapshot = Snapshot(work._outputs) if work._outputs and spec.delete_on_error else None
         begun = self.clock()
         try:
             if hooks.on_start is not None:
@@ -631,8 +654,39 @@ class Scheduler:
         still_running = call is not None and call.abandon()
         if not still_running:
             self._release(service, borrower, thread_slot)
+        if work._outputs:
+            self._check_outputs(work, error, snapshot)
         await self._conclude(work, service, result, error, duration)
         return call if still_running else None
+
+    def _check_outputs(
+        self, work: WorkUnit, error: BaseException | None, snapshot: Snapshot | None
+    ) -> None:
+        """After an attempt: remove what a failed one left behind (Make's .DELETE_ON_ERROR),
+        and say so when a successful one left its outputs stale."""
+        try:
+            if error is not None:
+                if snapshot is not None:
+                    for output in snapshot.touched():
+                        remove = getattr(output, "delete", None)
+                        if callable(remove):
+                            remove()
+                            logger.warning(
+                                "runcue: %s failed; removed the output %s it had written",
+                                work,
+                                describe(output),
+                            )
+                return
+            reason = declared_stale(work._inputs, work._outputs, work._task.max_age)
+            if reason is not None:
+                logger.warning(
+                    "runcue: %s completed but its outputs still read as stale (%s): did the"
+                    " handler forget to write them?",
+                    work,
+                    reason,
+                )
+        except Exception:
+            logger.exception("runcue: checking the outputs of %s raised", work)
 
     async def _take_next(self, service: Service) -> tuple[WorkUnit, object, bool] | None:
         checks = self.checks
@@ -804,6 +858,14 @@ class Scheduler:
         work.completed_at = time.time()
         work._scope = None
         self.works.pop(work.id, None)
+        if work._outputs:
+            self._wake_dependents(work)
+        if work._missing:
+            for item in work._missing:
+                waiting = self.waiting_on.get(artifact_key(item))
+                if waiting is not None:
+                    waiting.pop(work.id, None)
+            work._missing = []
         key = work._dedup_key
         if key is not None and self.dedup.get(key) is work:
             del self.dedup[key]
@@ -822,6 +884,26 @@ class Scheduler:
         if self.listeners:
             kind = "skipped" if work.skipped else state.value
             self.emit(kind, work, "" if exception is None else repr(exception), duration)
+
+    def _wake_dependents(self, work: WorkUnit) -> None:
+        """A producer finished: recheck exactly the parked work that waits for its outputs."""
+        now = self.clock()
+        woke = False
+        for output in work._outputs:
+            key = artifact_key(output)
+            producers = self.producers.get(key)
+            if producers is not None:
+                producers.pop(work.id, None)
+                if not producers:
+                    del self.producers[key]
+            for dependent in self.waiting_on.pop(key, {}).values():
+                if dependent._where == PARKED:
+                    self.parked.pop(dependent.id, None)
+                    self.parked_precise.pop(dependent.id, None)
+                    self._enqueue(dependent, now)
+                    woke = True
+        if woke:
+            self.wake()
 
     # ------------------------------------------------------------------ deadlines
 
@@ -989,11 +1071,28 @@ class Scheduler:
 
     # ------------------------------------------------------------------ diagnosis
 
+    def missing_inputs(self, work: WorkUnit) -> str:
+        """Which declared inputs are missing, and what (if anything) will produce them."""
+        parts = []
+        for item in work._missing:
+            producers = [
+                p for p in self.producers.get(artifact_key(item), {}).values() if p is not work
+            ]
+            if producers:
+                maker = producers[0]
+                source = f"{maker.state.value} work {maker.id} ({maker.task}) will produce it"
+            else:
+                source = "no pending or running work produces it"
+            parts.append(f"missing input {describe(item)}: {source}")
+        return "; ".join(parts)
+
     def describe(self, work: WorkUnit) -> tuple[str, str]:
         """(reason, details) for why this pending work is not running."""
         where = work._where
         now = self.clock()
-        if where in (PARKED,) and work._blocked is not None:
+        if where == PARKED and work._blocked is not None:
+            if work._blocked[0] == "not_ready" and work._missing:
+                return ("not_ready", self.missing_inputs(work))
             return work._blocked
         if where == INTAKE:
             return ("queued", "submitted; the scheduler has not seen it yet")
@@ -1010,7 +1109,9 @@ class Scheduler:
             return ("retry_wait", f"attempt {work.attempt} waits for its backoff")
         if where == QUEUED:
             service = self.services[work._task.service]
-            label = "its own" if service.name is None else f"service {service.name!r}"
+            label = (
+                "work without a service" if service.name is None else f"service {service.name!r}"
+            )
             if self.closing:
                 return ("stopping", "the cue is stopping and starts nothing new")
             if service.paused_until > now:
@@ -1041,5 +1142,5 @@ class Scheduler:
                         f"{label} used its rate {service.rate_text!r};"
                         f" next slot in {next_free - now:.3g}s",
                     )
-            return ("queued", f"waiting its turn in {label} ({service.queued} queued)")
+            return ("queued", f"waiting its turn among {label} ({service.queued} queued)")
         return ("unknown", f"state {work.state.value}")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias, Union
 
+from ._artifacts import ArtifactSpec
 from ._errors import RateLimited
 
 __all__ = ["Backoff", "RetryOn", "TaskSpec", "is_async_callable"]
@@ -72,6 +73,15 @@ class TaskSpec:
     backoff: Backoff = Backoff()
     retry_on: RetryOn = Exception
     timeout: float | None = None
+    inputs: ArtifactSpec | None = None
+    outputs: ArtifactSpec | None = None
+    max_age: float | None = None
+    delete_on_error: bool = True
+
+    @property
+    def declares(self) -> bool:
+        """True when the task declares inputs or outputs (the checks derive from them)."""
+        return self.inputs is not None or self.outputs is not None
 
     def should_retry(self, error: BaseException, attempt: int) -> bool:
         """Whether failed attempt ``attempt`` (from 1) gets another try."""

@@ -31,6 +31,7 @@ class WorkState(str, enum.Enum):
         return self in _FINISHED
 
 
+_NONE: list[Any] = []  # shared empty list: most work declares no artifacts
 _FINISHED = frozenset({WorkState.COMPLETED, WorkState.FAILED, WorkState.CANCELLED})
 
 
@@ -50,6 +51,9 @@ class WorkUnit:
         "_dedup_key",
         "_done",
         "_enqueued",
+        "_inputs",
+        "_missing",
+        "_outputs",
         "_scope",
         "_seq",
         "_submitted",
@@ -93,6 +97,9 @@ class WorkUnit:
     _done: Event | None
     _cancel_requested: bool
     _dedup_key: Any
+    _inputs: list[Any]  # declared input artifacts (empty when none)
+    _outputs: list[Any]  # declared output artifacts
+    _missing: list[Any]  # inputs missing at the last check
     _task: Any  # the TaskSpec
     _where: int  # which scheduler structure holds it (see _scheduler.py)
     _token: int  # bumped on every enqueue; stale heap entries carry an older one
@@ -128,6 +135,7 @@ class WorkUnit:
         self._done = None
         self._cancel_requested = False
         self._dedup_key = None
+        self._inputs = self._outputs = self._missing = _NONE
         self._task = None
         self._where = 0
         self._token = 0
