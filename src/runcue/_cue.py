@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import functools
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ from ._hooks import Hooks
 from ._scheduler import Scheduler
 from ._service import Service
 from ._stats import CueStats, RateWindowStats, ServiceStats
+from ._store import Store
 from ._task import Backoff, RetryOn, TaskSpec, is_async_callable
 from ._work import WorkState, WorkUnit
 
@@ -107,6 +109,10 @@ class Cue:
     :param check_timeout: seconds a check may take before it counts as a ``check_error``;
         it also bounds each async event callback (cancelled and logged when it runs over).
     :param seed: seeds the retry jitter, for reproducible runs.
+    :param store: shared storage (e.g. :class:`runcue.RedisStore`) for the limits of services
+        declared with ``shared=True`` and for claims on keyed work, across processes.
+    :param lease_ttl: seconds a store lease or claim lives unless renewed (renewed every
+        third of it while the work runs); a dead process frees its slots within this.
     """
 
     def __init__(
@@ -123,6 +129,8 @@ class Cue:
         checks: CheckMode = "auto",
         check_timeout: float | None = 60.0,
         seed: int | None = None,
+        store: Store | None = None,
+        lease_ttl: float = 10.0,
     ) -> None:
         if keep_finished is not None and (
             isinstance(keep_finished, bool)
@@ -158,6 +166,13 @@ class Cue:
             max_threads=max_threads,
             seed=seed,
         )
+        if store is not None and not isinstance(store, Store):
+            msg = f"store must implement the runcue Store protocol (e.g. RedisStore), got {store!r}"
+            raise TypeError(msg)
+        self._engine.store = store
+        self._engine.lease_ttl = _check_seconds(  # type: ignore[assignment]
+            "lease_ttl", lease_ttl, allow_none=False
+        )
         self._state = _NEW
         self._mode: Literal["context", "run", "background"] | None = None
         self._tg: TaskGroup | None = None
@@ -172,21 +187,37 @@ class Cue:
 
     # ------------------------------------------------------------------ registration
 
-    def service(self, name: str, *, rate: str | None = None, concurrent: int | None = None) -> None:
+    def service(
+        self,
+        name: str,
+        *,
+        rate: str | None = None,
+        concurrent: int | None = None,
+        shared: bool = False,
+    ) -> None:
         """Declare a service, or change its limits (also while running).
 
         :param rate: ``"N/period"``, e.g. ``"60/min"``, ``"100/15min"``, or several windows
             joined by ``;`` (``"60/min;10/10s"``): at most N handler starts in any window.
         :param concurrent: at most this many handlers of the service run at once.
+        :param shared: keep these limits in the cue's ``store``, shared by every process
+            that uses the same store and namespace.
         :raises ValueError: (``InvalidRateError``) for a rate that does not parse, or a bad
             ``concurrent``.
         """
         if not isinstance(name, str) or not name:
             msg = f"a service name must be a non-empty string, got {name!r}"
             raise ValueError(msg)
+        if shared and self._engine.store is None:
+            msg = (
+                f"service {name!r}: shared=True keeps the limits in a store; create the cue"
+                " with runcue.Cue(store=runcue.RedisStore(...))"
+            )
+            raise ValueError(msg)
         existing = self._services.get(name)
         service = existing or Service(name, clock=anyio.current_time)
         service.configure(rate=rate, concurrent=concurrent)  # validates before anything changes
+        service.shared = shared
         if existing is None:
             if self._state == _RUNNING:
                 service.bind(self._engine.clock)
@@ -361,6 +392,9 @@ class Cue:
         self._token = anyio.lowlevel.current_token()
         try:
             self._engine.bind(tg)
+            if self._engine.store is not None:
+                self._engine.owner = f"{socket.gethostname()}:{os.getpid()}:{self._id_prefix}"
+                tg.start_soon(self._engine.keep_leases)
             await tg.start(self._run_loop)
         except BaseException:
             tg.cancel_scope.cancel()
@@ -757,6 +791,8 @@ class Cue:
                 windows=windows,
                 next_free_slot=next_free,
                 paused_for=max(0.0, service.paused_until - now) if running else 0.0,
+                shared=service.shared,
+                store_error=service.store_error,
             )
         elapsed = now - engine.started_at if running else 0.0
         done = engine.completed + engine.failed

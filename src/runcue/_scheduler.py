@@ -56,6 +56,7 @@ from ._errors import (
 from ._events import WorkEvent
 from ._hooks import Hooks, call_hook, logger
 from ._service import Service
+from ._store import Store
 from ._task import TaskSpec
 from ._work import PriorityContext, WorkState, WorkUnit
 
@@ -191,6 +192,12 @@ class Scheduler:
         self._reporting = 0  # callbacks being awaited; join() and stop() wait for them
         self._waiters: dict[str, anyio.Event] = {}
         self.listeners: list[Callable[[WorkEvent], object]] = []
+        self.store: Store | None = None
+        self.owner = ""  # this cue's identity in the store
+        self.lease_ttl = 10.0
+        self.leases: dict[str, tuple[str, str]] = {}  # work id -> (service, lease)
+        self.claims: dict[str, str] = {}  # work id -> claim key
+        self._keeper_event: anyio.Event | None = None
 
     def emit(
         self, kind: str, work: WorkUnit, details: str = "", duration: float | None = None
@@ -349,6 +356,8 @@ class Scheduler:
             for service in self.queued_services:
                 if service.paused_until > now:
                     deadline = min(deadline, service.paused_until)
+                elif service.shared:
+                    deadline = min(deadline, service.shared_wait_until)
                 elif (
                     service.rate is not None
                     and service.limiter is not None
@@ -449,6 +458,9 @@ class Scheduler:
     # ------------------------------------------------------------------ dispatch
 
     async def _dispatch(self) -> None:
+        if self.store is not None:
+            await self._dispatch_with_store()
+            return
         checks = self.checks
         for service in list(self.queued_services):
             while service.queued and not self.closing:
@@ -495,6 +507,161 @@ class Scheduler:
                 service.queue.clear()
                 self.queued_services.pop(service, None)
 
+    async def _dispatch_with_store(self) -> None:
+        """Dispatch one work at a time: claims and shared limits each cost a store round trip.
+
+        Keyed work is claimed before its checks are asked (so a process that waited for
+        another's claim sees the output through ``is_stale``); a shared service asks the store
+        for each start after its local slots are taken, and gives them back when refused.
+        """
+        store = self.store
+        assert store is not None
+        checks = self.checks
+        for service in list(self.queued_services):
+            while service.queued and not self.closing:
+                now = self.clock()
+                if service.shared and service.shared_wait_until > now:
+                    break
+                if service.free_slots(self.clock) <= 0:
+                    break
+                work = self._pop(service)
+                if work is None:
+                    break
+                work._where = CHECKING
+                if work.key is not None and work.id not in self.claims:
+                    claimed = await self._claim(work)
+                    if work._where != CHECKING:
+                        continue
+                    if not claimed:
+                        self._delay(work, min(1.0, self.lease_ttl / 4), "claimed_elsewhere")
+                        continue
+                if checks.active:
+                    ((verdict, details),) = await checks.evaluate([work])
+                    if work._where != CHECKING:
+                        continue
+                    if verdict == "skip":
+                        await self._skip(work, service)
+                        continue
+                    if verdict != "run":
+                        self._park(work, verdict, details)
+                        continue
+                slots = self._take_slots(work, service)
+                if slots is None:
+                    self._enqueue(work, self.clock())
+                    break
+                lease = ""
+                if service.shared:
+                    lease = f"{self.owner}:{work.id}:{work.attempt}:{self.seq}"
+                    wait = await self._acquire_shared(service, lease)
+                    if wait > 0 or work._where != CHECKING:
+                        self._release(service, *slots)
+                        if work._where == CHECKING:
+                            self._enqueue(work, self.clock())
+                        service.shared_wait_until = self.clock() + wait
+                        break
+                    self.leases[work.id] = (service.name, lease)
+                    self._keeper_wanted()
+                self._mark_running(work, service)
+                assert self.tg is not None
+                self.tg.start_soon(self._runner, work, service, *slots)
+
+    async def _acquire_shared(self, service: Service, lease: str) -> float:
+        """Ask the store for one start; seconds to wait when refused or unreachable."""
+        store = self.store
+        assert store is not None and service.name is not None
+        try:
+            wait = await store.acquire(
+                service.name,
+                windows=service.rate.specs if service.rate is not None else (),
+                concurrent=service.concurrent,
+                lease=lease,
+                ttl=self.lease_ttl,
+            )
+        except Exception as exc:
+            service.store_backoff = min(5.0, max(0.05, service.store_backoff * 2))
+            if service.store_error is None:
+                logger.warning(
+                    "runcue: the store is unreachable for shared service %r (%r); it starts"
+                    " nothing until the store answers again (retrying with backoff)",
+                    service.name,
+                    exc,
+                )
+            service.store_error = repr(exc)
+            return service.store_backoff
+        if service.store_error is not None:
+            logger.warning(
+                "runcue: the store answers again; shared service %r resumes", service.name
+            )
+        service.store_error = None
+        service.store_backoff = 0.0
+        return max(0.0, wait)
+
+    async def _claim(self, work: WorkUnit) -> bool:
+        store = self.store
+        assert store is not None
+        key = f"{work.task}:{work.key!r}"
+        try:
+            claimed = await store.claim(key, self.owner, self.lease_ttl)
+        except Exception as exc:
+            logger.warning("runcue: could not claim %s in the store (%r); retrying", work, exc)
+            return False
+        if claimed:
+            self.claims[work.id] = key
+            self._keeper_wanted()
+        return claimed
+
+    def _delay(self, work: WorkUnit, seconds: float, reason: str) -> None:
+        """Hold pending work aside until ``seconds`` from now (a retry, or a claim elsewhere)."""
+        work._token += 1
+        work._where = DELAYED
+        work._blocked = (reason, f"asked again in {seconds:.3g}s")
+        heapq.heappush(self.delayed, (self.clock() + seconds, work._seq, work._token, work))
+
+    def _keeper_wanted(self) -> None:
+        if self._keeper_event is not None:
+            self._keeper_event.set()
+
+    async def keep_leases(self) -> None:
+        """Renew the store leases and claims this cue holds, every third of their TTL."""
+        store = self.store
+        assert store is not None
+        while True:
+            if not self.leases and not self.claims:
+                self._keeper_event = anyio.Event()
+                await self._keeper_event.wait()
+            await anyio.sleep(self.lease_ttl / 3)
+            by_service: dict[str, list[str]] = {}
+            for service_name, lease in list(self.leases.values()):
+                by_service.setdefault(service_name, []).append(lease)
+            try:
+                for service_name, leases in by_service.items():
+                    await store.renew(service_name, leases, self.lease_ttl)
+                if self.claims:
+                    await store.renew_claims(list(self.claims.values()), self.owner, self.lease_ttl)
+            except Exception as exc:
+                logger.warning("runcue: renewing leases in the store failed (%r)", exc)
+
+    async def _give_back(self, work: WorkUnit) -> None:
+        """Return a finished work's lease and claim to the store (shielded, bounded)."""
+        store = self.store
+        assert store is not None
+        lease = self.leases.pop(work.id, None)
+        claim = self.claims.pop(work.id, None)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                if lease is not None:
+                    await store.release(lease[0], lease[1])
+                if claim is not None:
+                    await store.release_claim(claim, self.owner)
+            except Exception as exc:
+                logger.warning(
+                    "runcue: giving %s's lease back to the store failed (%r); it expires"
+                    " within %gs",
+                    work,
+                    exc,
+                    self.lease_ttl,
+                )
+
     def _start(self, work: WorkUnit, service: Service) -> bool:
         """Take room in the service and spawn a runner for it; False when there is none now."""
         admitted = self._admit(work, service)
@@ -505,8 +672,15 @@ class Scheduler:
         return True
 
     def _admit(self, work: WorkUnit, service: Service) -> tuple[object, bool] | None:
+        """Take every slot the work needs, all or nothing, and mark it running."""
+        slots = self._take_slots(work, service)
+        if slots is not None:
+            self._mark_running(work, service)
+        return slots
+
+    def _take_slots(self, work: WorkUnit, service: Service) -> tuple[object, bool] | None:
         """Take a concurrency slot (and a thread slot for a sync handler on a service without
-        ``concurrent``) and a rate slot, all or nothing; mark the work running."""
+        ``concurrent``) and a local rate slot, all or nothing."""
         spec: TaskSpec = work._task
         borrower = object()
         limiter = service.limiter
@@ -524,9 +698,12 @@ class Scheduler:
                 limiter.release_on_behalf_of(borrower)
                 return None
             thread_slot = True
-        if service.rate is not None and not service.rate.try_admit():
+        if service.rate is not None and not service.shared and not service.rate.try_admit():
             self._release(service, borrower, thread_slot)
             return None
+        return borrower, thread_slot
+
+    def _mark_running(self, work: WorkUnit, service: Service) -> None:
         work._where = RUNNING
         work.state = WorkState.RUNNING
         work.started_at = time.time()
@@ -540,7 +717,6 @@ class Scheduler:
         self.stall_warned = False
         if self.listeners:
             self.emit("started", work, f"attempt {work.attempt}")
-        return borrower, thread_slot
 
     async def _runner(
         self, work: WorkUnit, service: Service, borrower: object, thread_slot: bool
@@ -656,6 +832,18 @@ class Scheduler:
             self._release(service, borrower, thread_slot)
         if work._outputs:
             self._check_outputs(work, error, snapshot)
+        if self.store is not None and work.id in self.leases:
+            lease = self.leases.pop(work.id)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                try:
+                    await self.store.release(*lease)
+                except Exception as exc:
+                    logger.warning("runcue: releasing a lease failed (%r); it expires", exc)
+            if isinstance(error, RateLimited):
+                try:
+                    await self.store.pause(lease[0], error.retry_after)
+                except Exception as exc:
+                    logger.warning("runcue: pausing %r in the store failed (%r)", lease[0], exc)
         await self._conclude(work, service, result, error, duration)
         return call if still_running else None
 
@@ -690,7 +878,7 @@ class Scheduler:
 
     async def _take_next(self, service: Service) -> tuple[WorkUnit, object, bool] | None:
         checks = self.checks
-        while service.queued and not self.closing:
+        while service.queued and not self.closing and self.store is None:
             if checks.active and not checks.runs_here:
                 break  # the scheduler asks the checks in batches (in a worker thread)
             if service.free_slots(self.clock) <= 0:
@@ -860,6 +1048,9 @@ class Scheduler:
         self.works.pop(work.id, None)
         if work._outputs:
             self._wake_dependents(work)
+        if self.store is not None and (work.id in self.claims or work.id in self.leases):
+            assert self.tg is not None
+            self.tg.start_soon(self._give_back, work)
         if work._missing:
             for item in work._missing:
                 waiting = self.waiting_on.get(artifact_key(item))
@@ -1098,6 +1289,16 @@ class Scheduler:
             return ("queued", "submitted; the scheduler has not seen it yet")
         if where == CHECKING:
             return ("checking", "is_ready / is_stale are being asked")
+        if (
+            where == DELAYED
+            and work._blocked is not None
+            and work._blocked[0] == "claimed_elsewhere"
+        ):
+            return (
+                "claimed_elsewhere",
+                "another process holds the claim on its key; asked again"
+                " soon, and is_stale decides once the claim is free",
+            )
         if where == DELAYED:
             for due, _, token, delayed in self.delayed:
                 if delayed is work and token == work._token:
@@ -1114,6 +1315,18 @@ class Scheduler:
             )
             if self.closing:
                 return ("stopping", "the cue is stopping and starts nothing new")
+            if service.shared and service.store_error is not None:
+                return (
+                    "store_unreachable",
+                    f"{label} keeps its limits in the store, which"
+                    f" does not answer ({service.store_error}); nothing starts until it does",
+                )
+            if service.shared and service.shared_wait_until > now:
+                return (
+                    "shared_limit",
+                    f"{label}'s shared limits (all processes) are used up;"
+                    f" asking again in {service.shared_wait_until - now:.3g}s",
+                )
             if service.paused_until > now:
                 return (
                     "paused",

@@ -47,8 +47,12 @@ class Service:
         "rate_text",
         "retried",
         "running",
+        "shared",
+        "shared_wait_until",
         "skipped",
         "started",
+        "store_backoff",
+        "store_error",
     )
 
     def __init__(self, name: str, *, clock: Callable[[], float]) -> None:
@@ -69,6 +73,10 @@ class Service:
         self.failed = 0
         self.skipped = 0
         self.retried = 0
+        self.shared = False  # limits kept in the cue's store, for every process
+        self.shared_wait_until = -math.inf
+        self.store_error: str | None = None
+        self.store_backoff = 0.0
 
     def configure(self, *, rate: str | None, concurrent: int | None) -> None:
         """Set (or change, while running) the limits. Past starts still count."""

@@ -43,6 +43,10 @@ class ServiceStats:
     """Seconds until the rate admits one more start (0.0 when it does now or has no rate)."""
     paused_for: float
     """Seconds the service stays paused after a ``RateLimited`` (0.0 when not paused)."""
+    shared: bool = False
+    """True when the limits live in the cue's store (shared by every process)."""
+    store_error: str | None = None
+    """The last error from the store while it is unreachable (None when it answers)."""
 
 
 @dataclass(frozen=True)
