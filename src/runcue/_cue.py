@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import time
+import types
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -781,7 +782,7 @@ class Cue:
                 concurrent=service.concurrent,
                 rate=service.rate_text,
                 pending=pending_by.get(name, 0),
-                running=service.running,
+                running=service.running + service.abandoned,
                 started=service.started,
                 completed=service.completed,
                 failed=service.failed,
@@ -807,7 +808,7 @@ class Cue:
             retried=engine.retried,
             elapsed=elapsed,
             throughput=done / elapsed if elapsed > 0 else 0.0,
-            services=services,
+            services=types.MappingProxyType(services),
         )
 
     def __repr__(self) -> str:

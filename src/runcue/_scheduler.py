@@ -1,14 +1,15 @@
 """The event-driven core: where pending work waits, when it is checked, and when it starts.
 
 One scheduler task owns every pending work unit. It sleeps on one memory object stream until
-something can change -- a submission, a finished attempt (a ``None`` "wake" item, coalesced so
-a burst of completions costs one wake), a free rate slot, a retry coming due, a pending or
-stall deadline, or the periodic recheck of work that was not ready. Nothing polls at a fixed
-interval: an idle cue sleeps without a deadline.
+something can change -- a submission or anything else that needs it (a "wake" item, coalesced
+so a burst of submissions costs one wake), a free rate slot, a retry coming due, a pending or
+stall deadline, or the periodic recheck of work that was not ready. A submission enters its
+service's queue at once, so a runner that finishes a moment later already competes with it.
+Nothing polls at a fixed interval: an idle cue sleeps without a deadline.
 
 Where a pending work unit is (``work._where``):
 
-- ``INTAKE``: submitted, not yet seen by the scheduler (in the stream).
+- ``INTAKE``: submitted before the cue started.
 - ``QUEUED``: in its service's priority heap, waiting for room. Its checks are asked only
   when room exists, right before it would start, so they see the freshest artifacts and work
   behind a full service costs no check calls at all.
@@ -232,8 +233,10 @@ class Scheduler:
                 service.bind(self.clock)
         self._send, self._receive = anyio.create_memory_object_stream[WorkUnit | None](math.inf)
         for work in self._backlog:
-            self._send.send_nowait(work)
+            if work._where == INTAKE:
+                self._enqueue(work, now)
         self._backlog.clear()
+        self.wake()
 
     def close(self) -> None:
         """Close the intake stream (the cue has stopped)."""
@@ -261,9 +264,12 @@ class Scheduler:
             self._idle = anyio.Event()
         self._mark_pending(work, now)
         if self._send is None:
-            self._backlog.append(work)
+            self._backlog.append(work)  # the cue has not started yet
         else:
-            self._send.send_nowait(work)
+            # Straight into its service's queue, so a runner that finishes a moment later
+            # already sees it; the scheduler is nudged through the stream.
+            self._enqueue(work, now)
+            self.wake()
         if self.listeners:
             self.emit("queued", work)
         return work
@@ -453,6 +459,8 @@ class Scheduler:
         while delayed and delayed[0][0] <= now:
             _, _, token, work = heapq.heappop(delayed)
             if work._where == DELAYED and work._token == token:
+                if work._blocked is None:  # a retry (not a claim held elsewhere)
+                    work.attempt += 1
                 self._enqueue(work, now)
 
     # ------------------------------------------------------------------ dispatch
@@ -748,6 +756,7 @@ class Scheduler:
                     assert held.done is not None
                     await held.done.wait()  # a thread that outlived its wait keeps its slot
                 finally:
+                    service.abandoned -= 1
                     self._release(service, borrower, thread_slot)
             if following is None and not scope.cancel_called and held is None:
                 return
@@ -808,7 +817,9 @@ class Scheduler:
         except BaseException as exc:
             # cancel() of this work, the cue stopping, or a KeyboardInterrupt-like error.
             still_running = call is not None and call.abandon()
-            if not still_running:
+            if still_running:
+                service.abandoned += 1
+            else:
                 self._release(service, borrower, thread_slot)
             if work._where == RUNNING:
                 if work._cancel_requested or isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -828,7 +839,9 @@ class Scheduler:
             raise
         duration = self.clock() - begun
         still_running = call is not None and call.abandon()
-        if not still_running:
+        if still_running:
+            service.abandoned += 1
+        else:
             self._release(service, borrower, thread_slot)
         if work._outputs:
             self._check_outputs(work, error, snapshot)
@@ -972,16 +985,21 @@ class Scheduler:
             self.retried += 1
             if self.listeners:
                 self.emit("retrying", work, f"{error!r}; retry in {delay:.3g}s", duration)
-            if hooks.on_retry is not None:
-                await self._report("on_retry", hooks.on_retry, work, error, delay)
             now = self.clock()
+            # Pending again before on_retry runs: cancel() or stop() meanwhile find it there.
             if self._back_to_pending(work, now):
-                work.attempt += 1
                 work._token += 1
-                work._where = DELAYED
+                work._where = DELAYED  # work.attempt counts up when the retry comes due
                 work.exception = error
-                heapq.heappush(self.delayed, (now + delay, work._seq, work._token, work))
-                self.wake()
+                token = work._token
+                if hooks.on_retry is not None:
+                    # Pending (cancel() and stop() find it) but not yet due: the retry waits
+                    # until on_retry returned.
+                    await self._report("on_retry", hooks.on_retry, work, error, delay)
+                if work._where == DELAYED and work._token == token:
+                    due = now + delay
+                    heapq.heappush(self.delayed, (due, work._seq, token, work))
+                    self.wake()
             return
         service.failed += 1
         self.failed += 1
@@ -1304,10 +1322,10 @@ class Scheduler:
                 if delayed is work and token == work._token:
                     return (
                         "retry_wait",
-                        f"attempt {work.attempt} starts in {due - now:.3g}s"
+                        f"attempt {work.attempt + 1} starts in {due - now:.3g}s"
                         f" (after {work.exception!r})",
                     )
-            return ("retry_wait", f"attempt {work.attempt} waits for its backoff")
+            return ("retry_wait", f"attempt {work.attempt + 1} waits for its backoff")
         if where == QUEUED:
             service = self.services[work._task.service]
             label = (
@@ -1337,7 +1355,8 @@ class Scheduler:
             if limiter is not None and limiter.available_tokens <= 0:
                 return (
                     "service_full",
-                    f"{label} runs {service.running} of {service.concurrent} at once",
+                    f"{label} runs {service.running + service.abandoned} of"
+                    f" {service.concurrent} at once",
                 )
             threads = self._threads
             if (

@@ -34,6 +34,7 @@ class Service:
 
     __slots__ = (
         "_clock",
+        "abandoned",
         "completed",
         "concurrent",
         "failed",
@@ -67,6 +68,7 @@ class Service:
         self.queue: list[tuple[float, int, int, WorkUnit]] = []
         self.queued = 0  # live entries in `queue` (stale ones are dropped lazily)
         self.running = 0
+        self.abandoned = 0  # sync handlers past their timeout or cancel: their threads still run
         self.max_running = 0
         self.started = 0
         self.completed = 0

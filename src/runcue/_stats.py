@@ -31,6 +31,7 @@ class ServiceStats:
     rate: str | None
     pending: int
     running: int
+    """Handlers running now, counting threads that outlived a timeout or cancel."""
     started: int
     completed: int
     failed: int
