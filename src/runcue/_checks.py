@@ -70,6 +70,7 @@ class CheckRunner:
         self._limiter: anyio.CapacityLimiter | None = None
         self.calls = {"is_ready": 0, "is_stale": 0, "inputs": 0, "outputs": 0}
         self.declarations = False  # set once a task declares inputs or outputs
+        self.active = False  # False: no check and no declaration, every work simply runs
         self.errors = 0
 
     @property
@@ -77,14 +78,10 @@ class CheckRunner:
         """True when checks may be asked one work at a time from any task (not in a thread)."""
         return self._mode != "thread"
 
-    @property
-    def active(self) -> bool:
-        """False when no check is registered and no task declares artifacts."""
-        return (
-            self.declarations
-            or self._hooks.is_ready is not None
-            or self._hooks.is_stale is not None
-        )
+    def refresh(self) -> None:
+        """Recompute :attr:`active` (a check was registered or a task declares artifacts)."""
+        hooks = self._hooks
+        self.active = self.declarations or hooks.is_ready is not None or hooks.is_stale is not None
 
     async def evaluate(self, works: Sequence[WorkUnit]) -> list[Verdict]:
         """One verdict per work, in order."""

@@ -316,6 +316,7 @@ class Cue:
             )
             if inputs is not None or outputs is not None:
                 self._engine.checks.declarations = True
+                self._engine.checks.refresh()
             return handler
 
         return register
@@ -329,6 +330,7 @@ class Cue:
             msg = f"@cue.{slot} must decorate a function, got {func!r}"
             raise TypeError(msg)
         setattr(self._hooks, slot, func)
+        self._engine.checks.refresh()
         return func
 
     def is_ready(self, func: F) -> F:
@@ -562,7 +564,7 @@ class Cue:
             raise UnknownTaskError(msg)
         if params is None:
             params = {}
-        elif not isinstance(params, Mapping):
+        elif type(params) is not dict and not isinstance(params, Mapping):
             msg = (
                 f"params must be a mapping such as a dict, got {type(params).__name__}: {params!r}"
             )

@@ -36,7 +36,6 @@ import math
 import random
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -156,7 +155,7 @@ class Scheduler:
         self.closing = False
 
         self.works: dict[str, WorkUnit] = {}  # pending and running
-        self.finished: OrderedDict[str, WorkUnit] = OrderedDict()
+        self.finished: dict[str, WorkUnit] = {}  # insertion-ordered: oldest first
         self.dedup: dict[Any, WorkUnit] = {}
         self.parked: dict[str, WorkUnit] = {}  # rechecked by sweeps
         # Declared work waiting for an input that live work will produce: woken precisely
@@ -1057,36 +1056,45 @@ class Scheduler:
         duration: float | None = None,
     ) -> None:
         """Move a work unit to its terminal state and tell everyone who waits."""
-        self._unqueue(work)
+        if work._where == QUEUED or work._where == PARKED:
+            self._unqueue(work)
+        else:
+            work._where = NOWHERE
         work.state = state
         work.result = result
         work.exception = exception
         work.completed_at = time.time()
         work._scope = None
-        self.works.pop(work.id, None)
+        work_id = work.id
+        self.works.pop(work_id, None)
         if work._outputs:
             self._wake_dependents(work)
-        if self.store is not None and (work.id in self.claims or work.id in self.leases):
+        if self.store is not None and (work_id in self.claims or work_id in self.leases):
             assert self.tg is not None
             self.tg.start_soon(self._give_back, work)
         if work._missing:
             for item in work._missing:
                 waiting = self.waiting_on.get(artifact_key(item))
                 if waiting is not None:
-                    waiting.pop(work.id, None)
+                    waiting.pop(work_id, None)
             work._missing = []
         key = work._dedup_key
         if key is not None and self.dedup.get(key) is work:
             del self.dedup[key]
         keep = self.keep_finished
-        if keep is None or keep > 0:
-            self.finished[work.id] = work
-            if keep is not None and len(self.finished) > keep:
-                self.finished.popitem(last=False)
-        waiter = self._waiters.pop(work.id, None)
-        if waiter is not None:
-            waiter.set()
-        self._check_idle()
+        finished = self.finished
+        if keep is None:
+            finished[work_id] = work
+        elif keep > 0:
+            finished[work_id] = work
+            if len(finished) > keep:
+                del finished[next(iter(finished))]  # the oldest
+        if self._waiters:
+            waiter = self._waiters.pop(work_id, None)
+            if waiter is not None:
+                waiter.set()
+        if not self.works or not self.running:
+            self._check_idle()
         if self.parked and state is not WorkState.CANCELLED:
             self._sweep_wanted = True
             self.wake()
