@@ -50,7 +50,7 @@ def build_cue(root: Path) -> runcue.Cue:
         texts = sorted(pages_dir(work.params["doc"]).glob("*.txt"))
         summary = root / work.params["doc"] / "summary.txt"
         summary.write_text(f"{len(texts)} pages")
-        return summary.read_text()
+        return str(summary.read_text())
 
     @cue.is_ready
     def is_ready(work: runcue.WorkUnit) -> bool:

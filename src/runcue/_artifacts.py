@@ -8,7 +8,9 @@ database rows or Redis keys plug in the same way.
 
 The rules (Make's):
 
-- **ready** when every input exists;
+- **ready** when every input exists and no other pending or running work is about to
+  (re)build it -- so after an upstream input changes, resubmitting the whole graph rebuilds
+  every step downstream, in order;
 - **stale** when any output is missing, or older than the newest input, or (with
   ``max_age=``) older than ``max_age`` seconds.
 

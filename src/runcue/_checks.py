@@ -19,7 +19,7 @@ from typing import Any, Literal
 import anyio
 import anyio.to_thread
 
-from ._artifacts import declared_ready, declared_stale, describe
+from ._artifacts import artifact_key, declared_stale, describe
 from ._hooks import Hooks, logger
 from ._task import is_async_callable
 from ._work import WorkUnit
@@ -34,10 +34,22 @@ SKIP = ("skip", "")
 Verdict = tuple[str, str]  # ("run" | "skip" | "not_ready" | "check_error", details)
 
 
-def _inputs_ready(work: WorkUnit) -> bool:
-    """Declared readiness: every input exists (the missing ones are kept on the work)."""
-    work._missing = declared_ready(work._inputs)
-    return not work._missing
+def _inputs_ready_given(producers: dict[Any, dict[str, WorkUnit]]) -> Callable[[WorkUnit], bool]:
+    """Declared readiness, Make's way: every input exists and no other live work is about
+    to (re)build it. The inputs it waits for are kept on the work (``work._missing``)."""
+
+    def inputs_ready(work: WorkUnit) -> bool:
+        waiting = []
+        for item in work._inputs:
+            builders = producers.get(artifact_key(item)) if producers else None
+            if builders and (len(builders) > 1 or work.id not in builders):
+                waiting.append(item)  # pending or running work will (re)write it: wait
+            elif not item.exists():
+                waiting.append(item)
+        work._missing = waiting
+        return not waiting
+
+    return inputs_ready
 
 
 def _outputs_stale(work: WorkUnit) -> bool:
@@ -71,6 +83,7 @@ class CheckRunner:
         self.calls = {"is_ready": 0, "is_stale": 0, "inputs": 0, "outputs": 0}
         self.declarations = False  # set once a task declares inputs or outputs
         self.active = False  # False: no check and no declaration, every work simply runs
+        self.producers: dict[Any, dict[str, WorkUnit]] = {}  # the scheduler's, shared
         self.errors = 0
 
     @property
@@ -90,11 +103,13 @@ class CheckRunner:
         todo = list(range(len(works)))
         declared = [i for i in todo if works[i]._task.declares]
         if declared:
-            answers = await self._ask("inputs", _inputs_ready, [works[i] for i in declared])
+            answers = await self._ask(
+                "inputs", _inputs_ready_given(self.producers), [works[i] for i in declared]
+            )
             for i, answer in zip(declared, answers):
                 if answer is False:
                     missing = ", ".join(describe(item) for item in works[i]._missing[:3])
-                    verdicts[i] = ("not_ready", f"missing input {missing}")
+                    verdicts[i] = ("not_ready", f"waiting for input {missing}")
                 elif answer is not True:
                     verdicts[i] = ("check_error", f"checking the inputs raised {answer!r}")
             todo = [i for i in todo if verdicts[i] is RUN]

@@ -52,11 +52,12 @@ def check_graph(engine: Scheduler) -> GraphReport:
         if work.state is not WorkState.PENDING or not work._inputs:
             continue
         for item in work._inputs:
-            if item.exists():
-                continue
-            producers = list(engine.producers.get(artifact_key(item), {}).values())
+            producers = [
+                p for p in engine.producers.get(artifact_key(item), {}).values() if p is not work
+            ]
             if not producers:
-                orphans.append((work, describe(item)))
+                if not item.exists():
+                    orphans.append((work, describe(item)))
                 continue
             nodes[work.id] = work
             for producer in producers:

@@ -281,9 +281,16 @@ async def progress(
     recent: deque[tuple[float, WorkEvent]] = deque(maxlen=max(events, 1))
     finishes: deque[float] = deque()
 
+    shown_waiting: set[str] = set()  # works whose current wait is already on screen
+
     def listen(event: WorkEvent) -> None:
         if events:
-            recent.append((time.time(), event))
+            if event.kind != "waiting":
+                shown_waiting.discard(event.work.id)
+                recent.append((time.time(), event))
+            elif event.work.id not in shown_waiting:  # rechecks repeat it: show it once
+                shown_waiting.add(event.work.id)
+                recent.append((time.time(), event))
         if event.kind in _FINAL_KINDS:
             finishes.append(event.time)
 

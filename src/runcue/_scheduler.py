@@ -163,6 +163,7 @@ class Scheduler:
         self.parked_precise: dict[str, WorkUnit] = {}
         self.producers: dict[Any, dict[str, WorkUnit]] = {}  # output key -> live producers
         self.waiting_on: dict[Any, dict[str, WorkUnit]] = {}  # input key -> parked consumers
+        checks.producers = self.producers
         self.delayed: list[tuple[float, int, int, WorkUnit]] = []
         self.deadlines: list[tuple[float, int, int, float, WorkUnit]] = []
         self.queued_services: dict[Service, None] = {}  # services with queued work, in order
@@ -258,7 +259,13 @@ class Scheduler:
         self.works[work.id] = work
         self.submitted += 1
         for output in work._outputs:
-            self.producers.setdefault(artifact_key(output), {})[work.id] = work
+            key = artifact_key(output)
+            self.producers.setdefault(key, {})[work.id] = work
+            for dependent in self.waiting_on.get(key, {}).values():
+                # It waited for an input nobody produced; now this work will: wake it
+                # precisely when this one finishes instead of sweeping it.
+                if self.parked.pop(dependent.id, None) is not None:
+                    self.parked_precise[dependent.id] = dependent
         if self._idle.is_set():
             self._idle = anyio.Event()
         self._mark_pending(work, now)
@@ -1298,9 +1305,12 @@ class Scheduler:
             if producers:
                 maker = producers[0]
                 source = f"{maker.state.value} work {maker.id} ({maker.task}) will produce it"
+                state = "waiting for input" if item.exists() else "missing input"
+                parts.append(f"{state} {describe(item)}: {source}")
             else:
-                source = "no pending or running work produces it"
-            parts.append(f"missing input {describe(item)}: {source}")
+                parts.append(
+                    f"missing input {describe(item)}: no pending or running work produces it"
+                )
         return "; ".join(parts)
 
     def describe(self, work: WorkUnit) -> tuple[str, str]:

@@ -1,0 +1,512 @@
+"""RedisStore: the limits of shared services and the claims on keyed work, kept in Redis.
+
+Every decision is one Lua script run atomically by the server, on the server's clock
+(``redis.call('TIME')``), so the clocks of the hosts never matter. Per service::
+
+    {namespace}:svc:{service}:rate:{period µs}  sorted set: a member per start, score = its time
+    {namespace}:svc:{service}:leases            sorted set: a member per lease, score = expiry
+    {namespace}:svc:{service}:pause             string: paused until (µs)
+    {namespace}:svc:{service}:epoch             string: "<born µs>:<token>", see "Restarts"
+
+and for claims ``{namespace}:claim:{key}`` (the owner, with a TTL) plus
+``{namespace}:claims:epoch`` and ``{namespace}:claims:pause``. Every key carries an expiry a
+little longer than the longest time it matters, so an abandoned namespace leaves nothing behind.
+Times are whole microseconds (exact in a double until the year 2255).
+
+**Admission** (:meth:`RedisStore.acquire`): drop the starts that left each window and the leases
+that expired, then admit only when the service is not paused, every window holds fewer than its
+limit and fewer than ``concurrent`` leases are live; an admitted start is added to every window
+(and its lease to the lease set) in the same script, so at most N starts fall in any window of
+``period`` seconds, across every process, exactly. A refusal returns how long to wait: until
+the pause ends, or the start that must leave the fullest window leaves it, or -- when only
+leases are missing -- a short poll (``poll_interval``), since a lease given back by another
+process frees its slot long before it would expire.
+
+**Restarts**: a Redis server restarted without persistence comes back empty: the recent
+starts and the live leases are gone, and admitting at once could break both limits. Each
+process remembers the *epoch* token of every service it used recently; when the script finds
+the epoch missing (or replaced) while the caller knew it, the state was lost, and the service
+is paused for ``max(longest window, lease TTL)`` from the moment the loss was first seen:
+long enough for every earlier start to have left its window and for every process still
+running a handler to re-register its lease at its next renewal (:meth:`RedisStore.renew`
+re-creates leases that are still live locally). Claims follow the same rule with their TTL.
+A process that first connects after a restart, before any earlier process has noticed it,
+cannot know about the loss; run Redis with ``appendonly yes`` where that matters.
+
+The client is redis-py's synchronous client, each call run in a worker thread through
+:func:`anyio.to_thread.run_sync` (with its own :class:`anyio.CapacityLimiter`): it works the same
+on asyncio and trio, and a Redis round trip on loopback costs far less than a millisecond.
+``redis`` is an optional dependency (``pip install 'runcue[redis]'``); this module imports it
+only when a :class:`RedisStore` is created.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+if TYPE_CHECKING:
+    import redis
+    from redis.commands.core import Script
+
+    from ._rate import RateSpec
+
+__all__ = ["RedisStore"]
+
+logger = logging.getLogger("runcue")
+
+T = TypeVar("T")
+
+_INSTALL_HINT = "RedisStore needs the redis client library: pip install 'runcue[redis]'"
+
+# How long an epoch key outlives the longest time it protects (ms), and the margin a process
+# keeps before it trusts that an epoch it knows should still exist (s).
+_EPOCH_EXTRA_MS = 60_000
+_EPOCH_TRUST_MARGIN = 30.0
+
+# Shared by every script: the server's time in whole microseconds, and the epoch check.
+# KEYS[1] epoch key, KEYS[2] pause key; ARGV[1] known epoch ('' = none), ARGV[2] a new token,
+# ARGV[3] grace (µs) to pause for when the state was lost, ARGV[4] epoch key lifetime (ms).
+# Sets `now`, `epoch` and `lost`.
+_PRELUDE = """
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local function fmt(x) return string.format('%.0f', x) end
+local function keep_at_least(key, ms)
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, fmt(ms)) end
+end
+local function pause_until(key, when)
+  if when <= now then return end
+  local current = tonumber(redis.call('GET', key) or '0')
+  if when > current then
+    redis.call('SET', key, fmt(when), 'PX', fmt(math.ceil((when - now) / 1000) + 1000))
+  end
+end
+local known, epoch, lost = ARGV[1], redis.call('GET', KEYS[1]), false
+local born = now
+if not epoch then
+  epoch = fmt(now) .. ':' .. ARGV[2]
+  redis.call('SET', KEYS[1], epoch)
+  lost = known ~= ''
+else
+  born = tonumber(string.match(epoch, '^(%d+):')) or now
+  lost = known ~= '' and known ~= epoch
+end
+if lost then pause_until(KEYS[2], born + tonumber(ARGV[3])) end
+keep_at_least(KEYS[1], tonumber(ARGV[4]))
+"""
+
+# KEYS: epoch, pause, leases, then one sorted set per window.
+# ARGV[5] concurrent (0 = none), ARGV[6] lease, ARGV[7] lease TTL (µs), ARGV[8] start member,
+# ARGV[9] longest wait (µs) when only leases are missing, then (period µs, limit) per window.
+# Returns {0, epoch} when admitted, else {µs to wait, epoch}.
+_ACQUIRE = (
+    _PRELUDE
+    + """
+local wait = 0
+local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
+if paused > now then wait = paused - now end
+local concurrent = tonumber(ARGV[5])
+if concurrent > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(now))
+  if redis.call('ZCARD', KEYS[3]) >= concurrent then
+    local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+    local w = math.min(tonumber(first[2]) - now, tonumber(ARGV[9]))
+    if w > wait then wait = w end
+  end
+end
+for i = 4, #KEYS do
+  local period = tonumber(ARGV[10 + (i - 4) * 2])
+  local limit = tonumber(ARGV[11 + (i - 4) * 2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', fmt(now - period))
+  local used = redis.call('ZCARD', KEYS[i])
+  if used >= limit then
+    local leaving = redis.call('ZRANGE', KEYS[i], used - limit, used - limit, 'WITHSCORES')
+    local w = tonumber(leaving[2]) + period - now
+    if w > wait then wait = w end
+  end
+end
+if wait > 0 then return {fmt(math.max(1, wait)), epoch} end
+for i = 4, #KEYS do
+  local period = tonumber(ARGV[10 + (i - 4) * 2])
+  redis.call('ZADD', KEYS[i], fmt(now), ARGV[8])
+  keep_at_least(KEYS[i], math.ceil(period / 1000) + 1000)
+end
+if concurrent > 0 then
+  local ttl = tonumber(ARGV[7])
+  redis.call('ZADD', KEYS[3], fmt(now + ttl), ARGV[6])
+  keep_at_least(KEYS[3], math.ceil(ttl / 1000) + 1000)
+end
+return {'0', epoch}
+"""
+)
+
+# KEYS: epoch, pause, leases. ARGV[5] TTL (µs), ARGV[6..] leases.
+# Extends the caller's live leases; after a loss of state, re-creates them (the caller passes
+# only leases that are still live by its own clock). Returns {epoch, leases renewed...}.
+_RENEW = (
+    _PRELUDE
+    + """
+local ttl = tonumber(ARGV[5])
+local expiry = fmt(now + ttl)
+local renewed = {epoch}
+for i = 6, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[3], ARGV[i])
+  if lost or (score and tonumber(score) > now) then
+    redis.call('ZADD', KEYS[3], expiry, ARGV[i])
+    renewed[#renewed + 1] = ARGV[i]
+  end
+end
+if #renewed > 1 then keep_at_least(KEYS[3], math.ceil(ttl / 1000) + 1000) end
+return renewed
+"""
+)
+
+# KEYS: epoch, pause. ARGV[5] seconds to pause (µs). Never shortens a pause.
+_PAUSE = (
+    _PRELUDE
+    + """
+pause_until(KEYS[2], now + tonumber(ARGV[5]))
+return epoch
+"""
+)
+
+# KEYS: claims epoch, claims pause, the claim. ARGV[5] owner, ARGV[6] TTL (ms).
+# Returns {1 if the owner holds the claim now else 0, epoch}.
+_CLAIM = (
+    _PRELUDE
+    + """
+local holder = redis.call('GET', KEYS[3])
+if holder == ARGV[5] then
+  redis.call('PEXPIRE', KEYS[3], ARGV[6])
+  return {1, epoch}
+end
+if holder then return {0, epoch} end
+if tonumber(redis.call('GET', KEYS[2]) or '0') > now then return {0, epoch} end
+redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6])
+return {1, epoch}
+"""
+)
+
+# KEYS: claims epoch, claims pause, then the claims. ARGV[5] owner, ARGV[6] TTL (ms).
+# Extends the owner's claims; after a loss of state, re-creates them. Returns {epoch, 1|0...}.
+_RENEW_CLAIMS = (
+    _PRELUDE
+    + """
+local held = {epoch}
+for i = 3, #KEYS do
+  local holder = redis.call('GET', KEYS[i])
+  if holder == ARGV[5] or (lost and not holder) then
+    redis.call('SET', KEYS[i], ARGV[5], 'PX', ARGV[6])
+    held[#held + 1] = 1
+  else
+    held[#held + 1] = 0
+  end
+end
+return held
+"""
+)
+
+# KEYS[1] the claim; ARGV[1] owner. Deletes the claim only when the owner holds it.
+_RELEASE_CLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _micros(seconds: float) -> int:
+    return max(0, math.ceil(seconds * 1_000_000))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _Epoch:
+    """What this process knows of one epoch key: the token and when it last saw it."""
+
+    __slots__ = ("keep", "seen_at", "token")
+
+    def __init__(self) -> None:
+        self.token = ""
+        self.seen_at = -math.inf
+        self.keep = 0.0
+
+    def known(self) -> str:
+        """The token, while recent enough that its key must still exist unless Redis lost it."""
+        if time.monotonic() - self.seen_at < self.keep - _EPOCH_TRUST_MARGIN:
+            return self.token
+        return ""
+
+    def saw(self, token: str, sent_at: float, keep: float) -> None:
+        self.token = token
+        self.seen_at = sent_at
+        self.keep = keep
+
+
+class RedisStore:
+    """Keeps the limits of ``shared=True`` services and the claims on keyed work in Redis.
+
+    ``runcue.Cue(store=runcue.RedisStore("redis://host:6379/0", namespace="myjob"))``: every
+    process whose store points at the same server and namespace shares one budget per service
+    name. See the module documentation for the keys, the scripts and what a restart does.
+
+    :param url: a redis-py URL (``redis://``, ``rediss://``, ``unix://``); ignored when
+        ``client`` is given.
+    :param namespace: the prefix of every key; different jobs on one server use different
+        namespaces.
+    :param client: a ready ``redis.Redis`` to use instead (the store then never closes it).
+    :param timeout: seconds to connect and to wait for each reply; an unreachable server
+        makes a call raise after about this long (the cue then fails closed).
+    :param poll_interval: the longest wait returned when only leases are missing (another
+        process may give one back at any moment).
+    :param max_threads: worker threads for Redis calls.
+    :raises ImportError: when the ``redis`` package is not installed.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        namespace: str = "runcue",
+        client: redis.Redis | None = None,
+        timeout: float = 2.0,
+        poll_interval: float = 0.025,
+        max_threads: int = 8,
+    ) -> None:
+        if not isinstance(namespace, str) or not namespace:
+            msg = f"namespace must be a non-empty string, got {namespace!r}"
+            raise ValueError(msg)
+        for name, value in (("timeout", timeout), ("poll_interval", poll_interval)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                msg = f"{name} must be a number of seconds > 0, got {value!r}"
+                raise ValueError(msg)
+        if isinstance(max_threads, bool) or not isinstance(max_threads, int) or max_threads < 1:
+            msg = f"max_threads must be a whole number >= 1, got {max_threads!r}"
+            raise ValueError(msg)
+        try:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError as exc:
+            raise ImportError(_INSTALL_HINT) from exc
+        self._owns_client = client is None
+        if client is None:
+            client = redis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                # One immediate retry: a pooled connection that died with a restarted server.
+                retry=Retry(NoBackoff(), 1),
+                max_connections=max_threads + 2,
+            )
+            self._where = url.split("@")[-1]  # never show a password
+        else:
+            self._where = repr(client)
+        self._client = client
+        self.namespace = namespace
+        self.poll_interval = float(poll_interval)
+        self._max_threads = max_threads
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._limiter_loop: object = None
+        self._closed = False
+        self._acquire: Script = client.register_script(_ACQUIRE)
+        self._renew: Script = client.register_script(_RENEW)
+        self._pause: Script = client.register_script(_PAUSE)
+        self._claim: Script = client.register_script(_CLAIM)
+        self._renew_claims: Script = client.register_script(_RENEW_CLAIMS)
+        self._release_claim: Script = client.register_script(_RELEASE_CLAIM)
+        self._tokens = os.urandom(6).hex()
+        self._counter = 0
+        self._lock = threading.Lock()  # guards the bookkeeping below (touched from threads)
+        self._epochs: dict[str, _Epoch] = {}  # service name (or "" for claims) -> epoch
+        self._graces: dict[str, float] = {}  # service -> seconds to pause after a loss
+
+    def __repr__(self) -> str:
+        return f"<runcue.RedisStore {self._where} namespace={self.namespace!r}>"
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _key(self, service: str, part: str) -> str:
+        return f"{self.namespace}:svc:{service}:{part}"
+
+    def _new_token(self) -> str:
+        with self._lock:
+            self._counter += 1
+            return f"{self._tokens}-{self._counter}"
+
+    def _epoch(self, name: str) -> _Epoch:
+        with self._lock:
+            epoch = self._epochs.get(name)
+            if epoch is None:
+                epoch = self._epochs[name] = _Epoch()
+            return epoch
+
+    def _epoch_args(self, name: str, grace: float) -> tuple[_Epoch, list[str | int]]:
+        """The four prelude arguments: known epoch, a fresh token, grace (µs), key life (ms)."""
+        epoch = self._epoch(name)
+        keep_ms = math.ceil(grace * 1000) + _EPOCH_EXTRA_MS
+        return epoch, [epoch.known(), self._new_token(), _micros(grace), keep_ms]
+
+    def _saw(self, epoch: _Epoch, token: Any, sent_at: float, grace: float) -> None:
+        with self._lock:
+            epoch.saw(_text(token), sent_at, grace + _EPOCH_EXTRA_MS / 1000)
+
+    async def _call(self, func: Callable[[], T]) -> T:
+        """Run a blocking Redis call in a worker thread of this store's own limiter."""
+        if self._closed:
+            msg = f"{self!r} is closed"
+            raise RuntimeError(msg)
+        loop = anyio.lowlevel.current_token().native_token
+        if self._limiter is None or self._limiter_loop is not loop:
+            self._limiter = anyio.CapacityLimiter(self._max_threads)
+            self._limiter_loop = loop
+        return await anyio.to_thread.run_sync(func, limiter=self._limiter)
+
+    # ------------------------------------------------------------------ limits
+
+    async def acquire(
+        self,
+        service: str,
+        *,
+        windows: tuple[RateSpec, ...],
+        concurrent: int | None,
+        lease: str,
+        ttl: float,
+    ) -> float:
+        """Take one start of ``service`` if the pause, every window and the leases allow it.
+
+        Returns 0.0 when granted (the start is in every window and, with ``concurrent``,
+        ``lease`` is held for ``ttl`` seconds); otherwise changes nothing and returns the
+        seconds to wait before asking again.
+        """
+        longest = max((spec.period for spec in windows), default=0.0)
+        grace = max(longest, ttl)
+        with self._lock:
+            self._graces[service] = max(grace, self._graces.get(service, 0.0))
+            grace = self._graces[service]
+        epoch, args = self._epoch_args(service, grace)
+        keys = [
+            self._key(service, "epoch"),
+            self._key(service, "pause"),
+            self._key(service, "leases"),
+        ]
+        args += [concurrent or 0, lease, _micros(ttl), f"{lease}/{self._new_token()}"]
+        args.append(_micros(self.poll_interval))
+        for spec in windows:
+            period = _micros(spec.period)
+            keys.append(self._key(service, f"rate:{period}"))
+            args += [period, spec.limit]
+        sent_at = time.monotonic()
+        wait, token = await self._call(functools.partial(self._acquire, keys, args))
+        self._saw(epoch, token, sent_at, grace)
+        return int(_text(wait)) / 1_000_000
+
+    async def renew(self, service: str, leases: list[str], ttl: float) -> None:
+        """Extend these leases of ``service`` to ``ttl`` seconds from now.
+
+        A lease that already expired is not brought back (its slot may be taken): it is
+        logged. After Redis lost its state (a restart), the leases are re-created: the
+        service is paused for every process until its holders had time to do so.
+        """
+        if not leases:
+            return
+        with self._lock:
+            grace = self._graces.get(service, ttl)
+        epoch, args = self._epoch_args(service, grace)
+        keys = [
+            self._key(service, "epoch"),
+            self._key(service, "pause"),
+            self._key(service, "leases"),
+        ]
+        args += [_micros(ttl), *leases]
+        sent_at = time.monotonic()
+        reply = await self._call(functools.partial(self._renew, keys, args))
+        self._saw(epoch, reply[0], sent_at, grace)
+        if len(reply) - 1 < len(leases):
+            renewed = {_text(item) for item in reply[1:]}
+            lost = [lease for lease in leases if lease not in renewed]
+            logger.warning(
+                "runcue: %d lease(s) of shared service %r had expired before renewal, so"
+                " other processes may hold their slots: %s",
+                len(lost),
+                service,
+                ", ".join(lost[:5]),
+            )
+
+    async def release(self, service: str, lease: str) -> None:
+        """Give a lease back (the handler finished)."""
+        key = self._key(service, "leases")
+        await self._call(functools.partial(self._client.zrem, key, lease))
+
+    async def pause(self, service: str, seconds: float) -> None:
+        """Start nothing of ``service`` anywhere for ``seconds`` (never shortens a pause)."""
+        if not seconds > 0:
+            return
+        with self._lock:
+            grace = self._graces.get(service, 0.0)
+        epoch, args = self._epoch_args(service, grace)
+        keys = [self._key(service, "epoch"), self._key(service, "pause")]
+        args.append(_micros(seconds))
+        sent_at = time.monotonic()
+        token = await self._call(functools.partial(self._pause, keys, args))
+        self._saw(epoch, token, sent_at, grace)
+
+    # ------------------------------------------------------------------ claims
+
+    def _claim_keys(self) -> list[str]:
+        return [f"{self.namespace}:claims:epoch", f"{self.namespace}:claims:pause"]
+
+    async def claim(self, key: str, owner: str, ttl: float) -> bool:
+        """Claim keyed work for ``owner`` for ``ttl`` seconds; True if ``owner`` holds it now."""
+        epoch, args = self._epoch_args("", ttl)
+        keys = [*self._claim_keys(), f"{self.namespace}:claim:{key}"]
+        args += [owner, max(1, math.ceil(ttl * 1000))]
+        sent_at = time.monotonic()
+        held, token = await self._call(functools.partial(self._claim, keys, args))
+        self._saw(epoch, token, sent_at, ttl)
+        return bool(held)
+
+    async def renew_claims(self, keys: list[str], owner: str, ttl: float) -> None:
+        """Extend the claims ``owner`` holds on ``keys`` (re-created if Redis lost them)."""
+        if not keys:
+            return
+        epoch, args = self._epoch_args("", ttl)
+        names = [*self._claim_keys(), *(f"{self.namespace}:claim:{key}" for key in keys)]
+        args += [owner, max(1, math.ceil(ttl * 1000))]
+        sent_at = time.monotonic()
+        reply = await self._call(functools.partial(self._renew_claims, names, args))
+        self._saw(epoch, reply[0], sent_at, ttl)
+        lost = [key for key, held in zip(keys, reply[1:]) if not held]
+        if lost:
+            logger.warning(
+                "runcue: %d claim(s) of %r had expired before renewal and may be held"
+                " elsewhere: %s",
+                len(lost),
+                owner,
+                ", ".join(lost[:5]),
+            )
+
+    async def release_claim(self, key: str, owner: str) -> None:
+        """Give up a claim (the work finished); only the holder's claim is removed."""
+        name = f"{self.namespace}:claim:{key}"
+        await self._call(functools.partial(self._release_claim, [name], [owner]))
+
+    async def aclose(self) -> None:
+        """Close the connections this store opened (a ``client`` passed in stays open)."""
+        if self._closed:
+            return
+        if self._owns_client:
+            await self._call(self._client.close)
+        self._closed = True
