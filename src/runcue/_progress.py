@@ -88,15 +88,20 @@ def _state(service: ServiceStats) -> Text:
 
     if service.paused_for > 0:
         return Text(f"paused {service.paused_for:.1f}s", style="bold yellow")
-    if service.pending and service.next_free_slot > 0:
-        return Text(f"rate-limited, next {service.next_free_slot:.2g}s", style="yellow")
     if service.concurrent is not None and service.running >= service.concurrent:
         return Text("full", style="yellow")
+    # A free slot can read as a few microseconds away: the snapshot's clock reads differ.
+    if service.pending and service.next_free_slot >= 0.001:
+        return Text(f"rate-limited {_duration(service.next_free_slot)}", style="yellow")
     if service.running:
         return Text("running", style="green")
     if service.pending:
         return Text("waiting", style="dim")
     return Text("idle", style="dim")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
 
 
 def _rate_use(windows: tuple[RateWindowStats, ...]) -> Text:
@@ -202,9 +207,8 @@ def render_stats(
     table = Table(expand=True, box=None, padding=(0, 1), header_style="bold")
     table.add_column("service", no_wrap=True)
     table.add_column("running", no_wrap=True)
-    table.add_column("pending", justify="right")
-    table.add_column("done", justify="right")
-    table.add_column("failed", justify="right")
+    for column in ("pending", "done", "failed"):
+        table.add_column(column, justify="right", no_wrap=True, min_width=6)
     table.add_column("rate use", no_wrap=True)
     table.add_column("state", no_wrap=True)
     for service in stats.services.values():

@@ -57,7 +57,7 @@ from ._events import WorkEvent
 from ._hooks import Hooks, call_hook, logger
 from ._service import Service
 from ._store import Store
-from ._task import TaskSpec
+from ._task import TaskSpec, is_async_callable
 from ._work import PriorityContext, WorkState, WorkUnit
 
 if TYPE_CHECKING:
@@ -225,7 +225,7 @@ class Scheduler:
         self.tg = tg
         self.clock = _backend.fast_clock()
         now = self.clock()
-        self.started_at = self.last_progress = now
+        self.started_at = self.last_progress = self._last_sweep = now
         self._threads = anyio.CapacityLimiter(self.max_threads)
         self._run_threads = anyio.CapacityLimiter(math.inf)
         for service in self.services.values():
@@ -1051,7 +1051,7 @@ class Scheduler:
         self.stall_warned = False
         self._finish(work, WorkState.COMPLETED)
         if self.hooks.on_skip is not None:
-            await self._report("on_skip", self.hooks.on_skip, work)
+            self._report_soon("on_skip", self.hooks.on_skip, work)
 
     def _finish(
         self,
@@ -1151,7 +1151,7 @@ class Scheduler:
             waited = now - since
             if kind == _WARN:
                 if self.hooks.on_pending_warning is not None:
-                    await self._report(
+                    self._report_soon(
                         "on_pending_warning", self.hooks.on_pending_warning, work, waited
                     )
                 else:
@@ -1162,7 +1162,11 @@ class Scheduler:
                         self.pending_warn_after,
                         self.describe(work)[1],
                     )
-            elif work._where != CHECKING:
+            elif work._where == CHECKING:
+                # Its checks are being asked right now: decide once they answered.
+                heapq.heappush(deadlines, (now + 0.05, work._seq, kind, since, work))
+                continue
+            else:
                 error = PendingTimeout(
                     f"work {work.id} ({work.task}) was pending for {waited:.1f}s, longer than"
                     f" pending_timeout={self.pending_timeout:g}s; last seen:"
@@ -1176,7 +1180,7 @@ class Scheduler:
         self.failed += 1
         self._finish(work, WorkState.FAILED, exception=error)
         if self.hooks.on_failure is not None:
-            await self._report("on_failure", self.hooks.on_failure, work, error)
+            self._report_soon("on_failure", self.hooks.on_failure, work, error)
 
     async def _check_stall(self, now: float) -> None:
         pending = self.pending
@@ -1212,7 +1216,7 @@ class Scheduler:
         ):
             self.stall_warned = True
             if self.hooks.on_stall_warning is not None:
-                await self._report("on_stall_warning", self.hooks.on_stall_warning, quiet, pending)
+                self._report_soon("on_stall_warning", self.hooks.on_stall_warning, quiet, pending)
             else:
                 logger.warning(
                     "runcue: no work started or finished for %.1fs; %d pending (see"
@@ -1260,6 +1264,25 @@ class Scheduler:
     async def _report(self, name: str, hook: Callable[..., Any], *args: Any) -> None:
         """Call an event callback; join() and stop() wait until it returned."""
         self._reporting += 1
+        try:
+            await call_hook(name, hook, *args, timeout=self.checks.timeout)
+        finally:
+            self._reporting -= 1
+            self._check_idle()
+
+    def _report_soon(self, name: str, hook: Callable[..., Any], *args: Any) -> None:
+        """Call an event callback without holding up the caller (the scheduler): a sync one
+        right here, an async one in its own task. join() and stop() still wait for it."""
+        if not is_async_callable(hook) or self.tg is None:
+            try:
+                hook(*args)
+            except Exception:
+                logger.exception("runcue: the %s callback %r raised; the cue goes on", name, hook)
+            return
+        self._reporting += 1
+        self.tg.start_soon(self._report_spawned, name, hook, *args)
+
+    async def _report_spawned(self, name: str, hook: Callable[..., Any], *args: Any) -> None:
         try:
             await call_hook(name, hook, *args, timeout=self.checks.timeout)
         finally:

@@ -1,7 +1,8 @@
 """The ``runcue-sim`` command: parse the options, run a scenario, print what happened.
 
 Exit codes: 0 the run ended on its own (simulated failures included), 1 the stall timeout
-fired, 2 bad options or a missing dependency, 130 interrupted.
+fired, 2 bad options or a missing dependency, 130 interrupted (Ctrl-C), 141 the output was
+closed before the end (``runcue-sim -v | head``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ examples:
   runcue-sim --scenario dynamic -n 10 -v
   runcue-sim --scenario fanout --missing-inputs 0.1 --stall-timeout 3
 """
+
+
+OUTPUT_CLOSED = 141  # what a shell reports for a process killed by SIGPIPE
 
 
 class UsageError(Exception):
@@ -279,13 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from .console import QuietOnClose
     from .runner import RunOptions, RunState, simulate, summarize
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 100_000)
     stream = sys.stderr if args.json else sys.stdout
-    console = Console(file=stream, force_terminal=True if args.tui else None)
+    console = QuietOnClose(file=stream, force_terminal=True if args.tui else None)
     tui = console.is_terminal if args.tui is None else bool(args.tui)
     options = RunOptions(
         scenario=args.scenario,
@@ -321,7 +324,12 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         summary = summarize(options, state, interrupted=True)
     console.print(summary.render())
+    if console.output_closed:
+        return OUTPUT_CLOSED
     if args.json:
-        sys.stdout.write(json.dumps(summary.to_json(), indent=2) + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(json.dumps(summary.to_json(), indent=2) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            return OUTPUT_CLOSED
     return summary.exit_code

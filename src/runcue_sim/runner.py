@@ -66,6 +66,8 @@ class RunState:
     items: int = 0
     started: float | None = None
     wall_time: float = 0.0
+    stop: anyio.CancelScope | None = None
+    """Cancelled to end the run early (the output was closed)."""
 
 
 def stall_warn_after(options: RunOptions) -> float:
@@ -157,19 +159,22 @@ async def simulate(options: RunOptions, console: Console, state: RunState | None
                 highlight=False,
                 soft_wrap=True,
             )
+            if getattr(console, "output_closed", False) and state.stop is not None:
+                state.stop.cancel()  # e.g. piped into `head`: nobody reads any more
 
         cue.subscribe(log)
 
-    async with cue:
-        state.started = anyio.current_time()
-        try:
-            async with _maybe_progress(cue, console, options):
-                await _submit_items(submit, sim, options, state)
-                await cue.join()
-        finally:
-            state.stats = cue.stats()
-            state.wall_time = anyio.current_time() - state.started
-    return summarize(options, state)
+    with anyio.CancelScope() as state.stop:
+        async with cue:
+            state.started = anyio.current_time()
+            try:
+                async with _maybe_progress(cue, console, options):
+                    await _submit_items(submit, sim, options, state)
+                    await cue.join()
+            finally:
+                state.stats = cue.stats()
+                state.wall_time = anyio.current_time() - state.started
+    return summarize(options, state, interrupted=state.stop.cancelled_caught)
 
 
 def summarize(options: RunOptions, state: RunState, *, interrupted: bool = False) -> Summary:
