@@ -31,7 +31,7 @@ from ._errors import (
 from ._events import WorkEvent
 from ._graph import GraphReport, check_graph
 from ._hooks import Hooks
-from ._scheduler import Scheduler
+from ._scheduler import IN_RUNNER, Scheduler
 from ._service import Service
 from ._stats import CueStats, RateWindowStats, ServiceStats
 from ._store import Store
@@ -506,8 +506,8 @@ class Cue:
         if self._state == _RUNNING:
             await self._shutdown(limit)
         self._stop_requested.set()
-        if self._mode in ("background", "run"):
-            await self._closed.wait()
+        if self._mode in ("background", "run") and not IN_RUNNER.get():
+            await self._closed.wait()  # (a handler calling stop() must not wait for itself)
         error, self._background_error = self._background_error, None
         if error is not None and not isinstance(error, anyio.get_cancelled_exc_class()):
             raise error

@@ -31,6 +31,7 @@ high-priority ones after ``priority_aging`` seconds per unit of priority (no sta
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import heapq
 import math
 import random
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
 __all__ = ["Scheduler"]
 
 NOWHERE, INTAKE, QUEUED, PARKED, DELAYED, CHECKING, RUNNING = range(7)
+IN_RUNNER: contextvars.ContextVar[bool] = contextvars.ContextVar("runcue_in_runner", default=False)
 BATCH_MAX = 256  # most work units checked in one go per service
 SWEEP_BUDGET = 3.0  # completion sweeps wait >= this x the check time the last sweep cost
 PERIODIC_BUDGET = 50.0  # periodic sweeps wait >= this x the check time the last sweep cost
@@ -269,15 +271,29 @@ class Scheduler:
         if self._idle.is_set():
             self._idle = anyio.Event()
         self._mark_pending(work, now)
-        if self._send is None:
-            self._backlog.append(work)  # the cue has not started yet
-        else:
-            # Straight into its service's queue, so a runner that finishes a moment later
-            # already sees it; the scheduler is nudged through the stream.
-            self._enqueue(work, now)
-            self.wake()
         if self.listeners:
             self.emit("queued", work)
+        if self._send is None:
+            self._backlog.append(work)  # the cue has not started yet
+            return work
+        service = self.services[work._task.service]
+        if (
+            not service.queued
+            and not self.checks.active
+            and self.store is None
+            and not self.closing
+            and self.tg is not None
+        ):
+            # Nothing to ask and nothing ahead of it: start it now if the limits allow,
+            # without a round trip through the scheduler.
+            slots = self._admit(work, service)
+            if slots is not None:
+                self.tg.start_soon(self._runner, work, service, *slots)
+                return work
+        # Straight into its service's queue, so a runner that finishes a moment later
+        # already sees it; the scheduler is nudged through the stream.
+        self._enqueue(work, now)
+        self.wake()
         return work
 
     def wake(self) -> None:
@@ -744,6 +760,7 @@ class Scheduler:
         One cancel scope covers the attempts of a runner until ``cancel()`` cancels the one
         running (``work._scope``); the runner then leaves that scope and opens a fresh one.
         """
+        IN_RUNNER.set(True)
         following: tuple[WorkUnit, object, bool] | None = (work, borrower, thread_slot)
         while following is not None:
             scope = anyio.CancelScope()
@@ -753,6 +770,8 @@ class Scheduler:
                     work, borrower, thread_slot = following
                     following = None
                     work._scope = scope
+                    if work._cancel_requested:
+                        scope.cancel()  # cancel() came before this runner started
                     held = await self._attempt(work, service, borrower, thread_slot, scope)
                     if scope.cancel_called or held is not None:
                         break
@@ -951,7 +970,7 @@ class Scheduler:
         service.running -= 1
         self.last_progress = self.clock()
         self.stall_warned = False
-        if self.running == 0:
+        if self.running <= 1:
             self._check_idle()
         if work._cancel_requested:
             self._finish(
@@ -1034,7 +1053,7 @@ class Scheduler:
         """Synchronous bookkeeping for an attempt ended by cancellation or a BaseException."""
         self.running -= 1
         service.running -= 1
-        if self.running == 0:
+        if self.running <= 1:
             self._check_idle()
         if state is WorkState.CANCELLED:
             self.cancelled += 1
@@ -1100,7 +1119,7 @@ class Scheduler:
             waiter = self._waiters.pop(work_id, None)
             if waiter is not None:
                 waiter.set()
-        if not self.works or not self.running:
+        if not self.works or self.running <= 1:
             self._check_idle()
         if self.parked and state is not WorkState.CANCELLED:
             self._sweep_wanted = True
@@ -1294,11 +1313,13 @@ class Scheduler:
             return
         if not self.works:
             self._idle.set()
-        if not self.running and self._no_running is not None:
-            self._no_running.set()
+        if self.running <= 1 and self._no_running is not None:
+            self._no_running.set()  # the waiter re-checks (a handler may wait for the rest)
 
     async def wait_no_running(self) -> None:
-        while self.running or self._reporting:
+        """Until no handler runs -- but for the caller's own, when a handler is the caller."""
+        own = 1 if IN_RUNNER.get() else 0
+        while self.running > own or self._reporting:
             self._no_running = anyio.Event()
             await self._no_running.wait()
 

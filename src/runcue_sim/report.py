@@ -41,9 +41,6 @@ SYMBOLS = {
     "cancelled": "⊘",
 }
 LOG_HEADER = f"{'TIME':>9}  {'EVENT':<12} {'TASK':<12} {'WORK_ID':<14} DETAILS"
-# Event times are read a few microseconds after the limiter admits a start; a window this much
-# shorter than the period keeps that measurement noise from looking like an extra start.
-WINDOW_SLACK = 1e-4
 
 
 def percentile(values: Sequence[float], share: float) -> float | None:
@@ -57,14 +54,23 @@ def percentile(values: Sequence[float], share: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def max_in_window(times: Iterable[float], period: float) -> int:
-    """The most ``times`` that fall inside any window ``[t, t + period)``."""
-    ordered = sorted(times)
+def max_in_window(starts: Sequence[tuple[float, float]], period: float) -> int:
+    """The most starts that certainly fell inside one window ``[t, t + period)``.
+
+    Each start is ``(earliest, latest)``, in the order the starts happened: the scheduler
+    admits a start and reports it in one synchronous step, so the admission lies between the
+    previous event and the start's own event. Reading the clock for the event can come a
+    little late (the process may be paused right there); counting from the earliest moment a
+    window's first start could have been admitted to the latest each later one could have been
+    never counts a start the limiter did not put in that window. With no delay, the bounds
+    meet and this is the plain sliding-window count.
+    """
     best = 0
-    first = 0
-    for last, moment in enumerate(ordered):
-        while moment - ordered[first] >= period - WINDOW_SLACK:
-            first += 1
+    last = 0
+    for first, (earliest, _) in enumerate(starts):
+        last = max(last, first)
+        while last + 1 < len(starts) and starts[last + 1][1] < earliest + period:
+            last += 1
         best = max(best, last - first + 1)
     return best
 
@@ -154,11 +160,16 @@ class Recorder:
 
     queued_at: dict[str, float] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
-    starts: defaultdict[str | None, list[float]] = field(default_factory=lambda: defaultdict(list))
+    starts: defaultdict[str | None, list[tuple[float, float]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    """Per service, each start as (earliest, latest) moment it was admitted; see
+    :func:`max_in_window`."""
     outcomes: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     failed: list[str] = field(default_factory=list)
     stall_failures: int = 0
     events: int = 0
+    last_event: float | None = None
 
     def __call__(self, event: runcue.WorkEvent) -> None:
         self.events += 1
@@ -166,7 +177,8 @@ class Recorder:
         if event.kind == "queued":
             self.queued_at[work.id] = event.time
         elif event.kind == "started":
-            self.starts[event.service].append(event.time)
+            earliest = event.time if self.last_event is None else self.last_event
+            self.starts[event.service].append((earliest, event.time))
         elif event.kind in FINAL_KINDS:
             self.outcomes[work.task][event.kind] += 1
             submitted = self.queued_at.pop(work.id, None)
@@ -176,6 +188,7 @@ class Recorder:
                 self.failed.append(label(work))
                 if isinstance(work.exception, runcue.StallTimeout):
                     self.stall_failures += 1
+        self.last_event = event.time
 
 
 def _seconds(value: float | None) -> float | None:
