@@ -439,6 +439,7 @@ class Cue:
                     raise group.exceptions[0] from None
                 raise
             finally:
+                self._engine.stopped_at = self._engine.clock()
                 self._engine.close()
                 self._state = _STOPPED
                 self._closed.set()
@@ -759,6 +760,7 @@ class Cue:
         engine = self._engine
         running = self._state in (_RUNNING, _STOPPING)
         now = self._engine.clock() if running else 0.0
+        ended = self._engine.stopped_at
         pending_by: dict[str | None, int] = {}
         for work in engine.works.values():
             if work.state is WorkState.PENDING:
@@ -774,7 +776,7 @@ class Cue:
                         RateWindowStats(spec.limit, spec.period, used)
                         for spec, used in service.rate.used()
                     )
-                    next_free = max(0.0, service.rate.next_free() - now)
+                    next_free = max(0.0, service.rate.next_free(now) - now)
                 else:
                     windows = tuple(
                         RateWindowStats(s.limit, s.period, 0) for s in service.rate.specs
@@ -797,7 +799,12 @@ class Cue:
                 shared=service.shared,
                 store_error=service.store_error,
             )
-        elapsed = now - engine.started_at if running else 0.0
+        if running:
+            elapsed = now - engine.started_at
+        elif ended is not None:
+            elapsed = ended - engine.started_at  # the whole run, after it stopped
+        else:
+            elapsed = 0.0
         done = engine.completed + engine.failed
         return CueStats(
             submitted=engine.submitted,

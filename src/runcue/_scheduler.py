@@ -181,6 +181,7 @@ class Scheduler:
         self.cancelled = 0
         self.retried = 0
         self.started_at = 0.0
+        self.stopped_at: float | None = None
         self.last_progress = 0.0
         self.stall_warned = False
 

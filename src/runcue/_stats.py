@@ -67,7 +67,7 @@ class CueStats:
     cancelled: int
     retried: int
     elapsed: float
-    """Seconds since the cue started (0.0 before)."""
+    """Seconds since the cue started (0.0 before; the whole run once it stopped)."""
     throughput: float
     """Finished handlers (completed + failed) per second since the cue started."""
     services: Mapping[str | None, ServiceStats]
