@@ -37,6 +37,7 @@ import math
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -157,7 +158,7 @@ class Scheduler:
         self.closing = False
 
         self.works: dict[str, WorkUnit] = {}  # pending and running
-        self.finished: dict[str, WorkUnit] = {}  # insertion-ordered: oldest first
+        self.finished: OrderedDict[str, WorkUnit] = OrderedDict()  # oldest first
         self.dedup: dict[Any, WorkUnit] = {}
         self.parked: dict[str, WorkUnit] = {}  # rechecked by sweeps
         # Declared work waiting for an input that live work will produce: woken precisely
@@ -192,6 +193,7 @@ class Scheduler:
 
         self._idle = anyio.Event()
         self._idle.set()
+        self._is_idle = True  # mirrors self._idle.is_set(), cheaper to read per submit
         self._no_running: anyio.Event | None = None
         self._reporting = 0  # callbacks being awaited; join() and stop() wait for them
         self._waiters: dict[str, anyio.Event] = {}
@@ -269,7 +271,8 @@ class Scheduler:
                 # precisely when this one finishes instead of sweeping it.
                 if self.parked.pop(dependent.id, None) is not None:
                     self.parked_precise[dependent.id] = dependent
-        if self._idle.is_set():
+        if self._is_idle:
+            self._is_idle = False
             self._idle = anyio.Event()
         self._mark_pending(work, now)
         if self.listeners:
@@ -1115,7 +1118,7 @@ class Scheduler:
         elif keep > 0:
             finished[work_id] = work
             if len(finished) > keep:
-                del finished[next(iter(finished))]  # the oldest
+                finished.popitem(last=False)  # the oldest
         if self._waiters:
             waiter = self._waiters.pop(work_id, None)
             if waiter is not None:
@@ -1313,6 +1316,7 @@ class Scheduler:
         if self._reporting:
             return
         if not self.works:
+            self._is_idle = True
             self._idle.set()
         if self.running <= 1 and self._no_running is not None:
             self._no_running.set()  # the waiter re-checks (a handler may wait for the rest)
@@ -1327,6 +1331,7 @@ class Scheduler:
     async def join(self) -> None:
         while self.works or self._reporting:
             if self._idle.is_set():
+                self._is_idle = False
                 self._idle = anyio.Event()
             await self._idle.wait()
 

@@ -1,0 +1,116 @@
+"""B7: memory held per pending work unit (50,000 never-ready items with small params).
+
+``tracemalloc`` current memory once every item was submitted and asked ``is_ready`` once,
+minus the memory of the same started cue before the first submission, after
+``gc.collect()``, over the item count. The baseline is the least a queue can hold: a
+``__slots__`` record (id, task, params) per item in a dict keyed by id, with the same params.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tracemalloc
+from typing import Any
+
+import anyio
+
+import runcue
+
+from ._harness import Backend, Row, Settings, fmt_bytes, fmt_ratio, interleave, median, on_loop
+
+ID = "B7"
+TITLE = "memory per pending item"
+
+
+class Record:
+    """The baseline's pending item."""
+
+    __slots__ = ("id", "params", "task")
+
+    def __init__(self, record_id: str, task: str, params: dict[str, Any]) -> None:
+        self.id = record_id
+        self.task = task
+        self.params = params
+
+
+def _traced() -> int:
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+async def runcue_bytes(items: int) -> float:
+    """Bytes per pending work unit."""
+    asked = 0
+
+    async def noop(work: runcue.WorkUnit) -> None:
+        return None
+
+    def never(work: runcue.WorkUnit) -> bool:
+        nonlocal asked
+        asked += 1
+        return False
+
+    tracemalloc.start()
+    try:
+        async with runcue.Cue() as cue:
+            cue.service("svc", concurrent=100)
+            cue.task("noop", uses="svc")(noop)
+            cue.is_ready(never)
+            await cue.submit("noop", {"i": -1})  # one item to warm every structure up
+            while asked < 1:
+                await anyio.sleep(0.01)
+            before = _traced()
+            for index in range(items):
+                await cue.submit("noop", {"i": index})
+            with anyio.fail_after(120):
+                while asked < items + 1:
+                    await anyio.sleep(0.01)
+            after = _traced()
+            await cue.stop()
+    finally:
+        tracemalloc.stop()
+    return (after - before) / items
+
+
+async def record_bytes(items: int) -> float:
+    """Bytes per record in a dict."""
+    prefix = os.urandom(3).hex()
+    pending: dict[str, Record] = {}
+    tracemalloc.start()
+    try:
+        before = _traced()
+        for index in range(items):
+            record_id = f"{prefix}-{index}"
+            pending[record_id] = Record(record_id, "noop", {"i": index})
+        after = _traced()
+    finally:
+        tracemalloc.stop()
+    return (after - before) / items
+
+
+def run(backend: Backend, settings: Settings) -> list[Row]:
+    """runcue and the record, interleaved."""
+    items = 20_000 if settings.quick else 50_000
+    results = interleave(
+        {
+            "runcue": lambda: on_loop(backend, lambda: runcue_bytes(items)),
+            "record": lambda: on_loop(backend, lambda: record_bytes(items)),
+        },
+        settings.rounds(full=1, quick=1),  # memory is deterministic: one round is enough
+        warmup=0,
+        say=settings.say,
+    )
+    ours, record = median(results["runcue"]), median(results["record"])
+    return [
+        Row(
+            ID,
+            backend,
+            f"{TITLE}, {items:,} never-ready items, params {{'i': n}}",
+            f"{fmt_bytes(ours)}/item",
+            f"__slots__ record in a dict {fmt_bytes(record)}/item",
+            f"{fmt_ratio(ours / record)} (+{fmt_bytes(ours - record)} over the record)",
+            "≤ 400 B/item",
+            ours <= 400,
+        )
+    ]
