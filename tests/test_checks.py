@@ -738,7 +738,7 @@ async def test_checks_inline_keeps_even_slow_checks_on_the_loop(
 async def test_checks_auto_moves_slow_sync_checks_to_a_thread(
     make_cue: Callable[..., runcue.Cue],
 ) -> None:
-    """The default checks="auto" starts on the loop and moves to a thread after a slow check."""
+    """checks="auto" starts on the loop and moves to a thread once checks keep being slow."""
     cue = make_cue()
     loop_thread = threading.get_ident()
     threads: list[int] = []
@@ -755,10 +755,10 @@ async def test_checks_auto_moves_slow_sync_checks_to_a_thread(
 
     with anyio.fail_after(5):
         async with cue:
-            for n in range(3):
+            for n in range(6):
                 await cue.wait(await cue.submit("t", {"n": n}))
-    assert threads[0] == loop_thread
-    assert loop_thread not in threads[1:]
+    assert threads[:3] == [loop_thread] * 3  # a lone slow call may be noise: three are not
+    assert loop_thread not in threads[3:]
 
 
 def test_an_unknown_checks_mode_is_refused() -> None:

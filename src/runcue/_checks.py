@@ -1,9 +1,10 @@
 """Asking the user's ``is_ready`` and ``is_stale`` about a batch of work.
 
 Sync checks are meant to be cheap (``Path.exists()``), so by default (``checks="auto"``) they
-are called on the event loop, timed; the first call that takes longer than
-``SLOW_CHECK_SECONDS`` moves every later batch to a worker thread, one thread hop per batch,
-so a slow check never holds up the loop again. ``checks="thread"`` uses the thread from the
+are called on the event loop, timed; once calls keep taking longer than ``SLOW_CHECK_SECONDS``
+(three times, and at least 1 % of the calls -- a lone GC pause does not count), every later
+batch moves to a worker thread, one thread hop per batch, so a slow check stops holding up
+the loop. ``checks="thread"`` uses the thread from the
 start and ``checks="inline"`` never does. Async checks are awaited. Every batch is bounded by
 the cue's ``check_timeout``; a check that raises or times out leaves the work pending with a
 ``check_error`` that ``debug_blocked()`` shows and the ``runcue`` logger reports.
@@ -28,6 +29,7 @@ __all__ = ["RUN", "SKIP", "CheckMode", "CheckRunner", "Verdict"]
 
 CheckMode = Literal["auto", "inline", "thread"]
 SLOW_CHECK_SECONDS = 0.002
+SLOW_CALLS_TO_SWITCH = 3  # ... and at least 1 % of the calls asked on the loop
 
 RUN = ("run", "")
 SKIP = ("skip", "")
@@ -80,6 +82,8 @@ class CheckRunner:
         self._timeout = math.inf if timeout is None else timeout
         self.timeout = self._timeout  # also bounds async event callbacks
         self._limiter: anyio.CapacityLimiter | None = None
+        self._inline_calls = 0
+        self._slow_calls = 0
         self.calls = {"is_ready": 0, "is_stale": 0, "inputs": 0, "outputs": 0}
         self.declarations = False  # set once a task declares inputs or outputs
         self.active = False  # False: no check and no declaration, every work simply runs
@@ -174,16 +178,27 @@ class CheckRunner:
                 answers.append(bool(check(work)))
             except Exception as exc:
                 answers.append(exc)
-            if auto and time.perf_counter() - begun > SLOW_CHECK_SECONDS:
-                self._mode = "thread"
-                logger.info(
-                    "runcue: %s took over %.0f ms on the event loop; sync checks now run in"
-                    " a worker thread",
-                    name,
-                    SLOW_CHECK_SECONDS * 1000,
-                )
-                answers.extend(_evaluate_sync(check, works[index + 1 :]))  # finish this batch
-                break
+            if not auto:
+                continue
+            self._inline_calls += 1
+            if time.perf_counter() - begun > SLOW_CHECK_SECONDS:
+                # One slow call may be a GC pause or the process being descheduled; a check
+                # that is slow again and again is really blocking the loop.
+                self._slow_calls += 1
+                if (
+                    self._slow_calls >= SLOW_CALLS_TO_SWITCH
+                    and self._slow_calls * 100 >= self._inline_calls
+                ):
+                    self._mode = "thread"
+                    logger.info(
+                        "runcue: %s took over %.0f ms on the event loop %d times; sync checks"
+                        " now run in a worker thread",
+                        name,
+                        SLOW_CHECK_SECONDS * 1000,
+                        self._slow_calls,
+                    )
+                    answers.extend(_evaluate_sync(check, works[index + 1 :]))  # the rest
+                    break
         return answers
 
     async def _ask_in_thread(

@@ -6,10 +6,18 @@ sleeps, so it is tested without an event loop.
 The invariant a :class:`SlidingWindow` keeps: in every half-open interval ``[t, t + period)``
 at most ``limit`` admissions were recorded. A :class:`RateLimiter` holds several windows and
 admits into all of them or none.
+
+The scheduler decides to start a handler a moment before the handler really starts (another
+task runs it). So that the limit holds on the handlers' own start times, it *reserves* a slot
+when it decides (a reservation counts as a start inside every window, now) and *commits* it
+with the clock read right before the handler is called. Any window then holds at most
+``limit`` commit times: when the last of them was reserved, every other one was either
+committed already inside that window or still reserved, and both were counted.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -98,7 +106,7 @@ def parse_rate(rate: str) -> tuple[RateSpec, ...]:
 class SlidingWindow:
     """At most ``limit`` admissions in any window of ``period`` seconds; never awaits."""
 
-    __slots__ = ("_clock", "_starts", "limit", "period")
+    __slots__ = ("_clock", "_starts", "limit", "period", "reserved")
 
     def __init__(
         self,
@@ -115,6 +123,7 @@ class SlidingWindow:
         self.period = period
         self._clock = clock
         self._starts: deque[float] = deque(sorted(history))
+        self.reserved = 0  # decided, not started yet: counted as starts happening now
 
     def _prune(self, now: float) -> None:
         starts, period = self._starts, self.period
@@ -126,21 +135,36 @@ class SlidingWindow:
     def used(self) -> int:
         """Admissions inside the current window."""
         self._prune(self._clock())
-        return len(self._starts)
+        return len(self._starts) + self.reserved
 
     def next_free(self, now: float | None = None) -> float:
         """The earliest time at which one more admission keeps the invariant."""
         if now is None:
             now = self._clock()
         self._prune(now)
-        excess = len(self._starts) - self.limit
+        excess = len(self._starts) + self.reserved - self.limit
         if excess < 0:
             return now
+        if excess >= len(self._starts):
+            return math.inf  # full of reservations: known once they commit
         return self._starts[excess] + self.period
 
     def admit(self, now: float | None = None) -> None:
         """Record an admission now. The caller checked :meth:`next_free` first."""
         self._starts.append(self._clock() if now is None else now)
+
+    def reserve(self) -> None:
+        """Hold a slot for a start about to happen (the caller checked :meth:`next_free`)."""
+        self.reserved += 1
+
+    def commit(self, now: float | None = None) -> None:
+        """The reserved start happens now."""
+        self.reserved = max(0, self.reserved - 1)
+        self._starts.append(self._clock() if now is None else now)
+
+    def release(self) -> None:
+        """The reserved start will not happen."""
+        self.reserved = max(0, self.reserved - 1)
 
     def history(self) -> Sequence[float]:
         """The admissions still inside the window, oldest first."""
@@ -191,6 +215,37 @@ class RateLimiter:
         for window in self.windows:
             window.admit(now)
         return True
+
+    def try_reserve(self) -> bool:
+        """Reserve a start in every window if all have room now; otherwise change nothing."""
+        now = self._clock()
+        if self.next_free(now) > now:
+            return False
+        for window in self.windows:
+            window.reserve()
+        return True
+
+    def commit(self) -> bool:
+        """A reserved start happens now. True when this tells a waiting scheduler something
+        new (a window was full of reservations, so its next free time was unknown)."""
+        now = self._clock()
+        news = any(
+            window.reserved and len(window.history()) + window.reserved >= window.limit
+            for window in self.windows
+        )
+        for window in self.windows:
+            window.commit(now)
+        return news
+
+    def release(self) -> None:
+        """A reserved start will not happen."""
+        for window in self.windows:
+            window.release()
+
+    @property
+    def reserved(self) -> int:
+        """Starts reserved and not yet committed."""
+        return self.windows[0].reserved
 
     def set_clock(self, clock: Callable[[], float]) -> None:
         """Read time from ``clock`` from now on (the same timeline, read faster)."""

@@ -29,9 +29,10 @@ the epoch missing (or replaced) while the caller knew it, the state was lost, an
 is paused for ``max(longest window, lease TTL)`` from the moment the loss was first seen:
 long enough for every earlier start to have left its window and for every process still
 running a handler to re-register its lease at its next renewal (:meth:`RedisStore.renew`
-re-creates leases that are still live locally). Claims follow the same rule with their TTL.
-A process that first connects after a restart, before any earlier process has noticed it,
-cannot know about the loss; run Redis with ``appendonly yes`` where that matters.
+re-creates the leases it is asked to renew when it finds the state lost). Claims follow the
+same rule with their TTL. A long window means a long pause (a day for ``"1000/day"``), and a
+process that first connects after a restart, before any earlier process noticed it, cannot
+know about the loss: run Redis with ``appendonly yes`` where either matters.
 
 The client is redis-py's synchronous client, each call run in a worker thread through
 :func:`anyio.to_thread.run_sync` (with its own :class:`anyio.CapacityLimiter`): it works the same

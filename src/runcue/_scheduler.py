@@ -363,10 +363,15 @@ class Scheduler:
             await self._due_deadlines(now)
         if self.stall_warn_after is not None or self.stall_timeout is not None:
             await self._check_stall(now)
+        swept_at = None
         if self.parked and self._sweep_due(now):
+            swept_at = time.perf_counter()
             self._sweep(now)
         if self.queued_services and not self.closing:
             await self._dispatch()
+        if swept_at is not None:
+            # What a sweep really costs: the checks it led to and the queue work around them.
+            self._last_sweep_cost = max(self._last_sweep_cost, time.perf_counter() - swept_at)
 
     def _next_deadline(self) -> float:
         deadline = math.inf
@@ -732,7 +737,7 @@ class Scheduler:
                 limiter.release_on_behalf_of(borrower)
                 return None
             thread_slot = True
-        if service.rate is not None and not service.shared and not service.rate.try_admit():
+        if service.rate is not None and not service.shared and not service.rate.try_reserve():
             self._release(service, borrower, thread_slot)
             return None
         return borrower, thread_slot
@@ -808,10 +813,16 @@ class Scheduler:
         result: Any = None
         error: BaseException | None = None
         snapshot = Snapshot(work._outputs) if work._outputs and spec.delete_on_error else None
+        rate = None if service.shared else service.rate  # holds a reservation for this start
         begun = self.clock()
         try:
             if hooks.on_start is not None:
                 await self._report("on_start", hooks.on_start, work)
+            if rate is not None:
+                # The start counts from now, right before the handler is called.
+                if rate.commit() and service.queued:
+                    self.wake()
+                rate = None
             if spec.timeout is None:
                 if spec.is_async:
                     result = await spec.handler(work)
@@ -845,6 +856,8 @@ class Scheduler:
             error = exc
         except BaseException as exc:
             # cancel() of this work, the cue stopping, or a KeyboardInterrupt-like error.
+            if rate is not None:
+                rate.release()  # cancelled before its handler started: no start happened
             still_running = call is not None and call.abandon()
             if still_running:
                 service.abandoned += 1
