@@ -75,6 +75,14 @@ PERIODIC_BUDGET = 50.0  # periodic sweeps wait >= this x the check time the last
 _WARN, _TIMEOUT = 0, 1
 
 
+def _same_work(one: WorkUnit, other: WorkUnit) -> bool:
+    """Whether two work units are the same work: the same key, or no key and the same task
+    with equal params."""
+    if one.key is not None or other.key is not None:
+        return bool(one.key == other.key)
+    return one.task == other.task and one.params == other.params
+
+
 def _clamp_priority(value: object) -> float:
     number = float(value)  # type: ignore[arg-type]
     if math.isnan(number):
@@ -159,7 +167,10 @@ class Scheduler:
 
         self.works: dict[str, WorkUnit] = {}  # pending and running
         self.finished: OrderedDict[str, WorkUnit] = OrderedDict()  # oldest first
-        self.dedup: dict[Any, WorkUnit] = {}
+        # Live work by the hash of its identity (task and params, or its key): only the int is
+        # kept, and equality is checked on the work itself, so a pending work costs no frozen
+        # copy of its params. Hash collisions chain in a list.
+        self.dedup: dict[int, WorkUnit | list[WorkUnit]] = {}
         self.parked: dict[str, WorkUnit] = {}  # rechecked by sweeps
         # Declared work waiting for an input that live work will produce: woken precisely
         # when that producer finishes, never swept (see _park).
@@ -251,11 +262,18 @@ class Scheduler:
     def submit(self, work: WorkUnit, dedup_key: Any) -> WorkUnit:
         """Take a new work unit (validated by the Cue); returns the live twin if one exists."""
         if dedup_key is not None:
-            twin = self.dedup.get(dedup_key)
-            if twin is not None:
-                return twin
-            self.dedup[dedup_key] = work
-            work._dedup_key = dedup_key
+            digest = hash(dedup_key)
+            known = self.dedup.get(digest)
+            if known is None:
+                self.dedup[digest] = work
+            else:
+                chain = known if isinstance(known, list) else [known]
+                for twin in chain:
+                    if _same_work(twin, work):
+                        return twin
+                chain.append(work)
+                self.dedup[digest] = chain
+            work._dedup_key = digest
         self.seq += 1
         work._seq = self.seq
         now = self.clock()
@@ -1121,9 +1139,15 @@ class Scheduler:
                 if waiting is not None:
                     waiting.pop(work_id, None)
             work._missing = []
-        key = work._dedup_key
-        if key is not None and self.dedup.get(key) is work:
-            del self.dedup[key]
+        digest = work._dedup_key
+        if digest is not None:
+            known = self.dedup.get(digest)
+            if known is work:
+                del self.dedup[digest]
+            elif isinstance(known, list) and work in known:
+                known.remove(work)
+                if len(known) == 1:
+                    self.dedup[digest] = known[0]
         keep = self.keep_finished
         finished = self.finished
         if keep is None:
