@@ -27,9 +27,11 @@ from ._progress import progress as progress
 from ._progress import render_stats as render_stats
 from ._rate import RateSpec as RateSpec
 from ._rate import parse_rate as parse_rate
+from ._redis import RedisStore as RedisStore
 from ._stats import CueStats as CueStats
 from ._stats import RateWindowStats as RateWindowStats
 from ._stats import ServiceStats as ServiceStats
+from ._store import Store as Store
 from ._task import Backoff as Backoff
 from ._task import TaskSpec as TaskSpec
 from ._work import PriorityContext as PriorityContext
@@ -54,9 +56,11 @@ __all__ = [
     "RateLimited",
     "RateSpec",
     "RateWindowStats",
+    "RedisStore",
     "RuncueError",
     "ServiceStats",
     "StallTimeout",
+    "Store",
     "TaskSpec",
     "UnknownServiceError",
     "UnknownTaskError",

@@ -154,17 +154,18 @@ return {'0', epoch}
 )
 
 # KEYS: epoch, pause, leases. ARGV[5] TTL (µs), ARGV[6..] leases.
-# Extends the caller's live leases; after a loss of state, re-creates them (the caller passes
-# only leases that are still live by its own clock). Returns {epoch, leases renewed...}.
+# Extends the caller's live leases; after a loss of state, while the service is paused for
+# it, re-creates them. Returns {epoch, leases renewed...}.
 _RENEW = (
     _PRELUDE
     + """
 local ttl = tonumber(ARGV[5])
 local expiry = fmt(now + ttl)
 local renewed = {epoch}
+local recreate = lost and now < born + tonumber(ARGV[3])  -- only while the service is paused
 for i = 6, #ARGV do
   local score = redis.call('ZSCORE', KEYS[3], ARGV[i])
-  if lost or (score and tonumber(score) > now) then
+  if recreate or (score and tonumber(score) > now) then
     redis.call('ZADD', KEYS[3], expiry, ARGV[i])
     renewed[#renewed + 1] = ARGV[i]
   end
@@ -201,14 +202,16 @@ return {1, epoch}
 )
 
 # KEYS: claims epoch, claims pause, then the claims. ARGV[5] owner, ARGV[6] TTL (ms).
-# Extends the owner's claims; after a loss of state, re-creates them. Returns {epoch, 1|0...}.
+# Extends the owner's claims; after a loss of state, while claims are paused for it, re-creates
+# them. Returns {epoch, 1|0...}.
 _RENEW_CLAIMS = (
     _PRELUDE
     + """
 local held = {epoch}
+local recreate = lost and now < born + tonumber(ARGV[3])  -- only while claims are paused
 for i = 3, #KEYS do
   local holder = redis.call('GET', KEYS[i])
-  if holder == ARGV[5] or (lost and not holder) then
+  if holder == ARGV[5] or (recreate and not holder) then
     redis.call('SET', KEYS[i], ARGV[5], 'PX', ARGV[6])
     held[#held + 1] = 1
   else

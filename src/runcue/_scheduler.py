@@ -412,7 +412,8 @@ class Scheduler:
                 if service.paused_until > now:
                     deadline = min(deadline, service.paused_until)
                 elif service.shared:
-                    deadline = min(deadline, service.shared_wait_until)
+                    if service.limiter is None or service.limiter.available_tokens > 0:
+                        deadline = min(deadline, service.shared_wait_until)
                 elif (
                     service.rate is not None
                     and service.limiter is not None
@@ -621,6 +622,9 @@ class Scheduler:
                 self._mark_running(work, service)
                 assert self.tg is not None
                 self.tg.start_soon(self._runner, work, service, *slots)
+            if service.queued == 0:
+                service.queue.clear()
+                self.queued_services.pop(service, None)
 
     async def _acquire_shared(self, service: Service, lease: str) -> float:
         """Ask the store for one start; seconds to wait when refused or unreachable."""
