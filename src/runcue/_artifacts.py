@@ -159,11 +159,6 @@ class Snapshot:
         return changed
 
 
-def declared_ready(inputs: list[Artifact]) -> list[Artifact]:
-    """The inputs that are missing (empty: ready)."""
-    return [item for item in inputs if not item.exists()]
-
-
 def declared_stale(
     inputs: list[Artifact], outputs: list[Artifact], max_age: float | None
 ) -> str | None:

@@ -19,7 +19,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from . import _backend
-from ._artifacts import ArtifactSpec, resolve
+from ._artifacts import ArtifactSpec, artifact_key, resolve
 from ._checks import CheckMode, CheckRunner
 from ._errors import (
     CueStateError,
@@ -331,6 +331,11 @@ class Cue:
             raise TypeError(msg)
         setattr(self._hooks, slot, func)
         self._engine.checks.refresh()
+        hooks = self._hooks
+        self._engine.async_hooks = any(
+            is_async_callable(hook)
+            for hook in (hooks.on_complete, hooks.on_failure, hooks.on_retry, hooks.on_cancel)
+        )
         return func
 
     def is_ready(self, func: F) -> F:
@@ -342,7 +347,13 @@ class Cue:
         return self._hook("is_stale", func)
 
     def priority(self, func: F) -> F:
-        """Register ``priority(ctx) -> float`` in 0.0..1.0, higher first (see PriorityContext)."""
+        """Register ``priority(ctx) -> float`` in 0.0..1.0, higher first (see PriorityContext).
+
+        It must be a plain (sync) function: it is asked while the scheduler orders its queue.
+        """
+        if is_async_callable(func):
+            msg = "@cue.priority must be a plain function (not async): it orders the queue inline"
+            raise TypeError(msg)
         return self._hook("priority", func)
 
     def on_start(self, func: F) -> F:
@@ -495,7 +506,12 @@ class Cue:
         ``WorkCancelled``, and the ``runcue`` logger warns with the count). Running work gets
         ``timeout`` seconds (None: as long as it takes), then is cancelled.
         """
-        limit = _check_seconds("timeout", timeout)
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+        ):
+            msg = f"timeout must be a number of seconds >= 0 (or None: no limit), got {timeout!r}"
+            raise ValueError(msg)
+        limit = None if timeout is None else float(timeout)
         if self._state == _NEW and self._mode != "background":
             self._state = _STOPPED
             self._engine.closing = True
@@ -582,7 +598,7 @@ class Cue:
             msg = f"priority must be a number from 0.0 to 1.0 (higher runs first), got {priority!r}"
             raise ValueError(msg)
         if key is not None:
-            dedup_key: Any = ("key", key)
+            dedup_key: Any = ("key", task, key)
         else:
             dedup_key = (task, _freeze_params(params))
         self._ids += 1
@@ -599,6 +615,8 @@ class Cue:
             try:
                 work._inputs = resolve(spec.inputs, work)
                 work._outputs = resolve(spec.outputs, work)
+                for item in (*work._inputs, *work._outputs):
+                    hash(artifact_key(item))  # an artifact must be usable as a graph node
             except Exception as exc:
                 msg = f"task {task!r}: its inputs/outputs could not be read for {params!r}: {exc}"
                 raise TypeError(msg) from exc

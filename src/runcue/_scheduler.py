@@ -42,6 +42,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
@@ -57,6 +59,7 @@ from ._errors import (
 )
 from ._events import WorkEvent
 from ._hooks import Hooks, call_hook, logger
+from ._rate import RateLimiter
 from ._service import Service
 from ._store import Store
 from ._task import TaskSpec, is_async_callable
@@ -69,18 +72,28 @@ __all__ = ["Scheduler"]
 
 NOWHERE, INTAKE, QUEUED, PARKED, DELAYED, CHECKING, RUNNING = range(7)
 IN_RUNNER: contextvars.ContextVar[bool] = contextvars.ContextVar("runcue_in_runner", default=False)
+IN_REPORT: contextvars.ContextVar[bool] = contextvars.ContextVar("runcue_in_report", default=False)
 BATCH_MAX = 256  # most work units checked in one go per service
 SWEEP_BUDGET = 3.0  # completion sweeps wait >= this x the check time the last sweep cost
 PERIODIC_BUDGET = 50.0  # periodic sweeps wait >= this x the check time the last sweep cost
 _WARN, _TIMEOUT = 0, 1
 
 
+def _safe_repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} (repr failed)>"
+
+
 def _same_work(one: WorkUnit, other: WorkUnit) -> bool:
     """Whether two work units are the same work: the same key, or no key and the same task
     with equal params."""
+    if one.task != other.task:
+        return False
     if one.key is not None or other.key is not None:
         return bool(one.key == other.key)
-    return one.task == other.task and one.params == other.params
+    return bool(one.params == other.params)
 
 
 def _clamp_priority(value: object) -> float:
@@ -93,15 +106,20 @@ def _clamp_priority(value: object) -> float:
 class _ThreadCall:
     """A sync handler's call in a worker thread, which may outlive the wait for it."""
 
-    __slots__ = ("_lock", "abandoned", "done", "finished")
+    __slots__ = ("_lock", "abandoned", "done", "finished", "started")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.started = False
         self.finished = False
         self.abandoned = False
         self.done: anyio.Event | None = None
 
     def run(self, handler: Callable[[WorkUnit], Any], work: WorkUnit) -> Any:
+        with self._lock:
+            if self.abandoned:
+                return None  # given up before the thread got to it: never call the handler
+            self.started = True
         try:
             return handler(work)
         finally:
@@ -109,15 +127,16 @@ class _ThreadCall:
                 self.finished = True
                 tell = self.abandoned
             if tell and self.done is not None:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception):  # the loop is gone: nobody waits
                     anyio.from_thread.run_sync(self.done.set)
 
     def abandon(self) -> bool:
-        """Stop waiting; True when the thread is still running (then ``done`` will be set)."""
+        """Stop waiting; True when the handler is still running in its thread (then ``done``
+        will be set when it returns). A call whose thread has not started never starts."""
         with self._lock:
-            if self.finished:
-                return False
             self.abandoned = True
+            if self.finished or not self.started:
+                return False
             self.done = anyio.Event()
             return True
 
@@ -209,6 +228,7 @@ class Scheduler:
         self._reporting = 0  # callbacks being awaited; join() and stop() wait for them
         self._waiters: dict[str, anyio.Event] = {}
         self.listeners: list[Callable[[WorkEvent], object]] = []
+        self.async_hooks = False  # an async outcome callback is registered
         self.store: Store | None = None
         self.owner = ""  # this cue's identity in the store
         self.lease_ttl = 10.0
@@ -349,6 +369,7 @@ class Scheduler:
                 deadline = self._next_deadline()
                 timeout = deadline - self.clock()
                 if timeout <= 0:
+                    await anyio.lowlevel.checkpoint()  # never hold the loop, whatever is due
                     continue
                 if timeout == math.inf:
                     item = await receive.receive()
@@ -409,19 +430,41 @@ class Scheduler:
         if not self.closing:
             now = self.clock()
             for service in self.queued_services:
-                if service.paused_until > now:
-                    deadline = min(deadline, service.paused_until)
-                elif service.shared:
-                    if service.limiter is None or service.limiter.available_tokens > 0:
-                        deadline = min(deadline, service.shared_wait_until)
-                elif (
-                    service.rate is not None
-                    and service.limiter is not None
-                    and service.limiter.available_tokens > 0
-                ):
-                    # Only a rate needs timing; room freed by finished work wakes us itself.
-                    deadline = min(deadline, service.rate.next_free())
+                deadline = min(deadline, self._service_ready_at(service, now))
         return deadline
+
+    def _service_ready_at(self, service: Service, now: float) -> float:
+        """When queued work of this service may start, as far as time decides it.
+
+        Only time needs a timer: a full concurrency or thread limit is freed by finishing
+        work, which wakes the scheduler itself. Times already past mean "now" only while
+        nothing else blocks, so the scheduler never spins on a deadline it cannot act on.
+        """
+        if service.paused_until > now:
+            return service.paused_until
+        limiter = service.limiter
+        if limiter is not None and limiter.available_tokens <= 0:
+            return math.inf
+        threads = self._threads
+        if (
+            service.concurrent is None
+            and threads is not None
+            and threads.available_tokens <= 0
+            and self._head_is_sync(service)
+        ):
+            return math.inf
+        ready_at = -math.inf
+        if service.shared:
+            if service.shared_wait_until > now:
+                ready_at = service.shared_wait_until
+        elif service.rate is not None:
+            ready_at = service.rate.next_free(now)
+        return ready_at
+
+    @staticmethod
+    def _head_is_sync(service: Service) -> bool:
+        queue = service.queue
+        return bool(queue) and not queue[0][3]._task.is_async
 
     # ------------------------------------------------------------------ queues
 
@@ -589,6 +632,9 @@ class Scheduler:
                 if work.key is not None and work.id not in self.claims:
                     claimed = await self._claim(work)
                     if work._where != CHECKING:
+                        if claimed:  # cancelled while claiming: let the others have it
+                            assert self.tg is not None
+                            self.tg.start_soon(self._give_back, work)
                         continue
                     if not claimed:
                         self._delay(work, min(1.0, self.lease_ttl / 4), "claimed_elsewhere")
@@ -613,6 +659,11 @@ class Scheduler:
                     wait = await self._acquire_shared(service, lease)
                     if wait > 0 or work._where != CHECKING:
                         self._release(service, *slots)
+                        if wait <= 0:  # granted, but the work was cancelled meanwhile
+                            self.leases[work.id] = (service.name, lease)
+                            assert self.tg is not None
+                            self.tg.start_soon(self._give_back, work)
+                            continue
                         if work._where == CHECKING:
                             self._enqueue(work, self.clock())
                         service.shared_wait_until = self.clock() + wait
@@ -743,6 +794,8 @@ class Scheduler:
         """Take a concurrency slot (and a thread slot for a sync handler on a service without
         ``concurrent``) and a local rate slot, all or nothing."""
         spec: TaskSpec = work._task
+        if service.paused_until != -math.inf and service.paused_until > self.clock():
+            return None  # RateLimited paused the service: nothing of it starts
         borrower = object()
         limiter = service.limiter
         assert limiter is not None
@@ -834,18 +887,24 @@ class Scheduler:
         call: _ThreadCall | None = None
         result: Any = None
         error: BaseException | None = None
-        snapshot = Snapshot(work._outputs) if work._outputs and spec.delete_on_error else None
+        snapshot: Snapshot | None = None
         rate = None if service.shared else service.rate  # holds a reservation for this start
         begun = self.clock()
         try:
+            if work._cancel_requested:
+                await anyio.lowlevel.checkpoint()  # cancelled before it started: no handler call
             if hooks.on_start is not None:
                 await self._report("on_start", hooks.on_start, work)
+            if work._outputs and spec.delete_on_error:
+                snapshot = Snapshot(work._outputs)
             if rate is not None:
                 # The start counts from now, right before the handler is called.
                 if rate.commit() and service.queued:
                     self.wake()
                 rate = None
-            if spec.timeout is None:
+            begun = self.clock()
+            deadline = math.inf if spec.timeout is None else begun + spec.timeout
+            with anyio.CancelScope(deadline=deadline) as limit:
                 if spec.is_async:
                     result = await spec.handler(work)
                 else:
@@ -857,50 +916,25 @@ class Scheduler:
                         abandon_on_cancel=True,
                         limiter=self._run_threads,
                     )
-            else:
-                with anyio.CancelScope(deadline=begun + spec.timeout) as limit:
-                    if spec.is_async:
-                        result = await spec.handler(work)
-                    else:
-                        call = _ThreadCall()
-                        result = await anyio.to_thread.run_sync(
-                            call.run,
-                            spec.handler,
-                            work,
-                            abandon_on_cancel=True,
-                            limiter=self._run_threads,
-                        )
-                if limit.cancelled_caught:
-                    error = HandlerTimeout(
-                        f"task {spec.name!r} ran longer than its timeout of {spec.timeout:g}s"
-                    )
+            if limit.cancelled_caught:
+                error = HandlerTimeout(
+                    f"task {spec.name!r} ran longer than its timeout of {spec.timeout:g}s"
+                )
         except Exception as exc:
             error = exc
         except BaseException as exc:
-            # cancel() of this work, the cue stopping, or a KeyboardInterrupt-like error.
-            if rate is not None:
-                rate.release()  # cancelled before its handler started: no start happened
-            still_running = call is not None and call.abandon()
-            if still_running:
-                service.abandoned += 1
-            else:
-                self._release(service, borrower, thread_slot)
-            if work._where == RUNNING:
-                if work._cancel_requested or isinstance(exc, anyio.get_cancelled_exc_class()):
-                    reason = (
-                        f"work {work.id} ({work.task}) was cancelled while it ran"
-                        if work._cancel_requested
-                        else "the cue stopped while it ran"
-                    )
-                    self._conclude_now(work, service, WorkCancelled(reason), WorkState.CANCELLED)
-                    if hooks.on_cancel is not None:
-                        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                            await self._report("on_cancel", hooks.on_cancel, work)
-                else:
-                    self._conclude_now(work, service, exc, WorkState.FAILED)
-            if still_running and work._cancel_requested and scope.cancel_called:
-                return call  # the runner absorbs our own cancellation, then waits for it
-            raise
+            stray = (
+                isinstance(exc, anyio.get_cancelled_exc_class())
+                and not work._cancel_requested
+                and anyio.current_effective_deadline() != -math.inf
+            )
+            if not stray:
+                return self._interrupted(
+                    work, service, borrower, thread_slot, scope, call, rate, exc
+                )
+            # A cancellation nobody here asked for (asyncio: the handler awaited something
+            # that was cancelled elsewhere): the attempt failed, the cue goes on.
+            error = exc
         duration = self.clock() - begun
         still_running = call is not None and call.abandon()
         if still_running:
@@ -914,15 +948,52 @@ class Scheduler:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 try:
                     await self.store.release(*lease)
+                    if isinstance(error, RateLimited):
+                        await self.store.pause(lease[0], error.retry_after)
                 except Exception as exc:
-                    logger.warning("runcue: releasing a lease failed (%r); it expires", exc)
-            if isinstance(error, RateLimited):
-                try:
-                    await self.store.pause(lease[0], error.retry_after)
-                except Exception as exc:
-                    logger.warning("runcue: pausing %r in the store failed (%r)", lease[0], exc)
+                    logger.warning("runcue: giving lease %s back failed (%r)", lease[1], exc)
         await self._conclude(work, service, result, error, duration)
         return call if still_running else None
+
+    def _interrupted(
+        self,
+        work: WorkUnit,
+        service: Service,
+        borrower: object,
+        thread_slot: bool,
+        scope: anyio.CancelScope,
+        call: _ThreadCall | None,
+        rate: RateLimiter | None,
+        exc: BaseException,
+    ) -> _ThreadCall:
+        """An attempt ended by cancel(), the cue stopping, or a KeyboardInterrupt-like error:
+        account for it synchronously, then re-raise -- unless it is this work's own cancel()
+        while its thread still runs: then the runner absorbs the cancellation and waits for
+        the thread before giving its slot back."""
+        if rate is not None:
+            rate.release()  # cancelled before its handler started: no start happened
+        still_running = call is not None and call.abandon()
+        keep_slot = still_running and work._cancel_requested and scope.cancel_called
+        if keep_slot:
+            service.abandoned += 1
+        else:
+            self._release(service, borrower, thread_slot)  # the cue is going away, or done
+        if work._where == RUNNING:
+            if work._cancel_requested or isinstance(exc, anyio.get_cancelled_exc_class()):
+                reason = (
+                    f"work {work.id} ({work.task}) was cancelled while it ran"
+                    if work._cancel_requested
+                    else "the cue stopped while it ran"
+                )
+                self._conclude_now(work, service, WorkCancelled(reason), WorkState.CANCELLED)
+                if self.hooks.on_cancel is not None:
+                    self._report_soon("on_cancel", self.hooks.on_cancel, work)
+            else:
+                self._conclude_now(work, service, exc, WorkState.FAILED)
+        if keep_slot:
+            assert call is not None
+            return call
+        raise exc
 
     def _check_outputs(
         self, work: WorkUnit, error: BaseException | None, snapshot: Snapshot | None
@@ -1004,6 +1075,8 @@ class Scheduler:
     ) -> None:
         """Report one attempt's outcome: complete, retry, pause, fail or cancel."""
         hooks = self.hooks
+        if self.async_hooks and service.queued:
+            self.wake()  # its slot is free; an async callback below must not keep it idle
         spec: TaskSpec = work._task
         self.running -= 1
         service.running -= 1
@@ -1019,7 +1092,7 @@ class Scheduler:
             )
             self.cancelled += 1
             if hooks.on_cancel is not None:
-                await self._report("on_cancel", hooks.on_cancel, work)
+                self._report_soon("on_cancel", hooks.on_cancel, work)  # not in the cancelled scope
             return
         if error is None:
             service.completed += 1
@@ -1082,6 +1155,8 @@ class Scheduler:
                 exception=WorkCancelled("the cue stopped before this work could run again"),
             )
             self.cancelled += 1
+            if self.hooks.on_cancel is not None:
+                self._report_soon("on_cancel", self.hooks.on_cancel, work)
             return False
         self._mark_pending(work, now)
         return True
@@ -1171,7 +1246,7 @@ class Scheduler:
             self.wake()
         if self.listeners:
             kind = "skipped" if work.skipped else state.value
-            self.emit(kind, work, "" if exception is None else repr(exception), duration)
+            self.emit(kind, work, "" if exception is None else _safe_repr(exception), duration)
 
     def _wake_dependents(self, work: WorkUnit) -> None:
         """A producer finished: recheck exactly the parked work that waits for its outputs."""
@@ -1251,7 +1326,7 @@ class Scheduler:
         if not pending:
             return
         quiet = now - self.last_progress
-        if self.stall_timeout is not None and quiet >= self.stall_timeout:
+        if self.stall_timeout is not None and now >= self.last_progress + self.stall_timeout:
             logger.warning(
                 "runcue: no work started or finished for %.1fs (stall_timeout=%gs); failing %d"
                 " pending work units",
@@ -1276,7 +1351,7 @@ class Scheduler:
         if (
             self.stall_warn_after is not None
             and not self.stall_warned
-            and quiet >= self.stall_warn_after
+            and now >= self.last_progress + self.stall_warn_after
         ):
             self.stall_warned = True
             if self.hooks.on_stall_warning is not None:
@@ -1328,9 +1403,11 @@ class Scheduler:
     async def _report(self, name: str, hook: Callable[..., Any], *args: Any) -> None:
         """Call an event callback; join() and stop() wait until it returned."""
         self._reporting += 1
+        token = IN_REPORT.set(True)
         try:
             await call_hook(name, hook, *args, timeout=self.checks.timeout)
         finally:
+            IN_REPORT.reset(token)
             self._reporting -= 1
             self._check_idle()
 
@@ -1347,8 +1424,14 @@ class Scheduler:
         self.tg.start_soon(self._report_spawned, name, hook, *args)
 
     async def _report_spawned(self, name: str, hook: Callable[..., Any], *args: Any) -> None:
+        IN_REPORT.set(True)
         try:
-            await call_hook(name, hook, *args, timeout=self.checks.timeout)
+            if name == "on_cancel":
+                # Often reported while the cue is being cancelled: let it finish (bounded).
+                with anyio.CancelScope(shield=True):
+                    await call_hook(name, hook, *args, timeout=min(self.checks.timeout, 5.0))
+            else:
+                await call_hook(name, hook, *args, timeout=self.checks.timeout)
         finally:
             self._reporting -= 1
             self._check_idle()
@@ -1364,8 +1447,9 @@ class Scheduler:
 
     async def wait_no_running(self) -> None:
         """Until no handler runs -- but for the caller's own, when a handler is the caller."""
-        own = 1 if IN_RUNNER.get() else 0
-        while self.running > own or self._reporting:
+        own = 1 if IN_RUNNER.get() and not IN_REPORT.get() else 0
+        own_report = 1 if IN_REPORT.get() else 0
+        while self.running > own or self._reporting > own_report:
             self._no_running = anyio.Event()
             await self._no_running.wait()
 

@@ -118,7 +118,3 @@ class Service:
         if rate is not None:
             free = min(free, min(spec.limit - used for spec, used in rate.used()))
         return max(free, 0)
-
-    def next_rate_slot(self) -> float:
-        """When the rate allows one more start (now or -inf-free when unlimited)."""
-        return -math.inf if self.rate is None else self.rate.next_free()

@@ -10,6 +10,7 @@ from typing import Any, TypeAlias, Union
 
 from ._artifacts import ArtifactSpec
 from ._errors import RateLimited
+from ._hooks import logger
 
 __all__ = ["Backoff", "RetryOn", "TaskSpec", "is_async_callable"]
 
@@ -90,4 +91,11 @@ class TaskSpec:
         retry_on = self.retry_on
         if isinstance(retry_on, (type, tuple)):
             return isinstance(error, retry_on)
-        return bool(retry_on(error))
+        try:
+            return bool(retry_on(error))
+        except Exception:
+            logger.exception(
+                "runcue: the retry_on predicate of task %r raised; the work fails without retry",
+                self.name,
+            )
+            return False

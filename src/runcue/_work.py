@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from anyio import CancelScope, Event
+    from anyio import CancelScope
 
 __all__ = ["PriorityContext", "WorkState", "WorkUnit"]
 
@@ -49,7 +49,6 @@ class WorkUnit:
         "_blocked",
         "_cancel_requested",
         "_dedup_key",
-        "_done",
         "_enqueued",
         "_inputs",
         "_missing",
@@ -94,7 +93,6 @@ class WorkUnit:
     _enqueued: float  # anyio.current_time() when it last joined a queue
     _blocked: tuple[str, str] | None  # (reason, details) while parked
     _scope: CancelScope | None
-    _done: Event | None
     _cancel_requested: bool
     _dedup_key: Any
     _inputs: list[Any]  # declared input artifacts (empty when none)
@@ -132,7 +130,6 @@ class WorkUnit:
         self._enqueued = 0.0
         self._blocked = None
         self._scope = None
-        self._done = None
         self._cancel_requested = False
         self._dedup_key = None
         self._inputs = self._outputs = self._missing = _NONE
