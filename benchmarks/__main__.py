@@ -29,10 +29,12 @@ from . import (
     b7_memory,
     b8_sync_handlers,
     b9_pipeline,
+    b10_shared_store,
 )
 from ._harness import (
     BACKENDS,
     Backend,
+    MachineLoad,
     Row,
     Settings,
     quiet_runcue_logger,
@@ -52,6 +54,7 @@ SCENARIOS: dict[str, ModuleType] = {
         b7_memory,
         b8_sync_handlers,
         b9_pipeline,
+        b10_shared_store,
     )
 }
 
@@ -93,6 +96,13 @@ task group).
   sleeps) shows what the event loop itself reaches. `concurrent=2` per stage keeps the limits,
   not the CPU, binding (at 50, the bound of 100 ms for 15,000 handler runs is out of reach
   of any Python event loop).
+- **B10** runs B1's shape at 2,000 items twice per round, in-process and with `shared=True`
+  through a `RedisStore` on a private `redis-server` (free loopback port, no persistence,
+  started for the scenario and stopped after it); the time added per item is the median of
+  the per-round differences over the item count. The Redis commands per item (the server's
+  `total_commands_processed`) and the loopback `PING` round trip of the synchronous client are
+  shown for scale. Without `redis-server` (or the `redis` library) the row is skipped, and
+  the run does not fail.
 """
 
 
@@ -140,12 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     backends: tuple[Backend, ...] = BACKENDS if args.backend == "both" else (args.backend,)
     quiet_runcue_logger()
     begun = time.perf_counter()
+    load = MachineLoad()
     rows: list[Row] = []
     for name in args.scenarios:
         module = SCENARIOS[name]
         run: Callable[[Backend, Settings], list[Row]] = module.run
         for backend in backends:
             print(f"{name} [{backend}] {module.TITLE}", file=sys.stderr, flush=True)
+            load.sample()
             started = time.perf_counter()
             try:
                 produced = run(backend, settings)
@@ -166,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings=settings,
             elapsed=elapsed,
             method=METHOD,
+            load=load,
         )
         print(f"wrote {args.output}", file=sys.stderr)
     print(render_table(rows))

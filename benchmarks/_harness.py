@@ -31,6 +31,7 @@ import anyio
 __all__ = [
     "BACKENDS",
     "Backend",
+    "MachineLoad",
     "Row",
     "Settings",
     "fmt_bytes",
@@ -78,7 +79,9 @@ class Settings:
 class Row:
     """One line of the results table: a measured claim and whether it holds.
 
-    ``ok`` is None for rows that only inform (no target attached).
+    ``ok`` is None for rows that only inform (no target attached), and for skipped rows:
+    ``skipped`` marks a scenario that could not run here (a missing optional tool), which is
+    reported but neither passes nor fails the run.
     """
 
     bench: str
@@ -90,10 +93,13 @@ class Row:
     target: str
     ok: bool | None
     notes: list[str] = field(default_factory=list)
+    skipped: bool = False
 
     @property
     def verdict(self) -> str:
         """The table's last column."""
+        if self.skipped:
+            return "skipped"
         if self.ok is None:
             return "info"
         return "PASS" if self.ok else "**MISS**"
@@ -234,6 +240,83 @@ def machine_info() -> dict[str, str]:
     }
 
 
+def _cpu_ticks() -> tuple[int, int] | None:
+    """``(busy, steal)`` clock ticks of every core from ``/proc/stat`` (None off Linux)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return user + nice + system + irq + softirq, steal
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process and its waited-for children (the private redis-server)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+class MachineLoad:
+    """What the rest of the machine did while the suite ran.
+
+    From ``/proc/stat``: the CPU every process used minus what this process (and the servers
+    it started and stopped) used, as cores on average over the run; the hypervisor's steal;
+    and the 1-minute load average, sampled before every scenario.
+    """
+
+    def __init__(self) -> None:
+        self._ticks = _cpu_ticks()
+        self._own = _own_cpu()
+        self._elapsed = stopwatch()
+        self.loads: list[float] = []
+        self.sample()
+
+    def sample(self) -> None:
+        """Record the 1-minute load average now."""
+        self.loads.append(os.getloadavg()[0])
+
+    def others(self) -> tuple[float, float] | None:
+        """``(cores used by other processes, cores stolen)`` on average so far."""
+        now = _cpu_ticks()
+        if self._ticks is None or now is None:
+            return None
+        hertz = os.sysconf("SC_CLK_TCK")
+        wall = self._elapsed()
+        if wall <= 0:
+            return None
+        busy = (now[0] - self._ticks[0]) / hertz
+        steal = (now[1] - self._ticks[1]) / hertz
+        own = _own_cpu() - self._own
+        return max(busy - own, 0.0) / wall, steal / wall
+
+    def describe(self) -> tuple[dict[str, str], str | None]:
+        """Rows for the machine table, and a warning when others clearly loaded the machine."""
+        cores = os.cpu_count() or 1
+        info = {
+            "load average (1 min) before each scenario": (
+                f"min {min(self.loads):.2f}, median {median(self.loads):.2f},"
+                f" max {max(self.loads):.2f}"
+            ),
+        }
+        measured = self.others()
+        if measured is None:
+            return info, None
+        others, steal = measured
+        info["CPU used by other processes during the run"] = (
+            f"{others:.2f} of {cores} cores on average (steal {steal:.2f})"
+        )
+        if others + steal < 0.25 * cores:
+            return info, None
+        warning = (
+            f"The machine was shared: other processes used {others:.2f} of its {cores} cores"
+            f" on average during the run (hypervisor steal {steal:.2f}); absolute times are"
+            " inflated, the paired ratios less so (both sides of a round saw the same load)."
+        )
+        return info, warning
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -267,22 +350,34 @@ def write_results(
     settings: Settings,
     elapsed: float,
     method: str,
+    load: MachineLoad | None = None,
 ) -> None:
     """Write RESULTS.md: the machine, the table, the notes, how it was measured."""
     info = machine_info()
+    warning = None
+    if load is not None:
+        extra, warning = load.describe()
+        info.update(extra)
     missed = [row for row in rows if row.ok is False]
     checked = [row for row in rows if row.ok is not None]
     if missed:
         names = ", ".join(sorted({f"{row.bench} ({row.backend})" for row in missed}))
         status = f"{len(checked) - len(missed)} of {len(checked)} targets met; missed: {names}"
-    else:
+    elif checked:
         status = f"all {len(checked)} targets met"
+    else:
+        status = "no target checked"
+    skipped = [row for row in rows if row.skipped]
+    if skipped:
+        names = ", ".join(sorted({f"{row.bench} ({row.backend})" for row in skipped}))
+        status += f"; skipped: {names}"
     parts = [
         "# runcue benchmark results",
         "",
         f"Written by `{command}` ({'quick' if settings.quick else 'full'} run,"
         f" {elapsed:.0f} s). **{status}.**",
         "",
+        *([f"> {warning}", ""] if warning else []),
         "| machine | |",
         "|---|---|",
         *(f"| {key} | {_cell(value)} |" for key, value in info.items()),
