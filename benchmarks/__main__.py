@@ -37,6 +37,7 @@ from ._harness import (
     MachineLoad,
     Row,
     Settings,
+    SourceAtStart,
     quiet_runcue_logger,
     render_table,
     write_results,
@@ -151,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_runcue_logger()
     begun = time.perf_counter()
     load = MachineLoad()
+    source = SourceAtStart()
     rows: list[Row] = []
     for name in args.scenarios:
         module = SCENARIOS[name]
@@ -179,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             elapsed=elapsed,
             method=METHOD,
             load=load,
+            source=source,
         )
         print(f"wrote {args.output}", file=sys.stderr)
     print(render_table(rows))

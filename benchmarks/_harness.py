@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import gc
+import hashlib
 import importlib.metadata
 import logging
 import math
@@ -32,6 +33,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "MachineLoad",
+    "SourceAtStart",
     "Row",
     "Settings",
     "fmt_bytes",
@@ -221,15 +223,45 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info() -> dict[str, str]:
-    """What the numbers were measured on."""
+def _source_digest() -> str:
+    """A digest of every file under src/ (to notice the measured code changing mid-run)."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent / "src"
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            digest.update(b"<unreadable>")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class SourceAtStart:
+    """The source of the runcue being measured, taken when the run starts.
+
+    The code is imported at start, so the commit and local changes of that moment are what
+    ran; :meth:`changed` tells whether src/ was edited (or a commit checked out) meanwhile.
+    """
+
+    description: str = field(default_factory=_source)
+    digest: str = field(default_factory=_source_digest)
+
+    def changed(self) -> bool:
+        """Whether src/ differs now from when the run started."""
+        return _source_digest() != self.digest
+
+
+def machine_info(source: SourceAtStart | None = None) -> dict[str, str]:
+    """What the numbers were measured on (``source``: as taken at the start of the run)."""
+    described = source.description if source is not None else _source()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu count": str(os.cpu_count()),
         "cpu": _cpu_model(),
         "platform": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "runcue": f"{_version('runcue')} (source {_source()})",
+        "runcue": f"{_version('runcue')} (source {described} at the start of the run)",
         "anyio": _version("anyio"),
         "trio": _version("trio"),
         "aiometer": _version("aiometer"),
@@ -351,13 +383,22 @@ def write_results(
     elapsed: float,
     method: str,
     load: MachineLoad | None = None,
+    source: SourceAtStart | None = None,
 ) -> None:
     """Write RESULTS.md: the machine, the table, the notes, how it was measured."""
-    info = machine_info()
-    warning = None
+    info = machine_info(source)
+    warnings: list[str] = []
+    if source is not None and source.changed():
+        warnings.append(
+            "src/ changed while the suite ran (an edit or a commit by someone else); the"
+            f" numbers are for the code imported at the start ({source.description}), and"
+            " the current source was not measured."
+        )
     if load is not None:
         extra, warning = load.describe()
         info.update(extra)
+        if warning is not None:
+            warnings.append(warning)
     missed = [row for row in rows if row.ok is False]
     checked = [row for row in rows if row.ok is not None]
     if missed:
@@ -377,7 +418,7 @@ def write_results(
         f"Written by `{command}` ({'quick' if settings.quick else 'full'} run,"
         f" {elapsed:.0f} s). **{status}.**",
         "",
-        *([f"> {warning}", ""] if warning else []),
+        *(line for warning in warnings for line in (f"> {warning}", "")),
         "| machine | |",
         "|---|---|",
         *(f"| {key} | {_cell(value)} |" for key, value in info.items()),

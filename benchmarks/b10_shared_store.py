@@ -1,0 +1,259 @@
+"""B10: shared (``RedisStore``) vs in-process dispatch, 2,000 no-op async handlers.
+
+One ``concurrent=100`` service runs the same no-op handlers twice per round: in-process, and
+with ``shared=True`` through a :class:`runcue.RedisStore` (every start asks the server for a
+lease in one Lua script and gives it back when the handler returns). The two alternate round
+by round; the row reports the median of the per-round differences as the time each item adds.
+
+The server is a private ``redis-server`` started on a free loopback port for the scenario (no
+persistence, its files in a temporary directory) and stopped after it. Without the
+``redis-server`` binary or the ``redis`` client library the row is reported as skipped and
+the run does not fail. ``python -m benchmarks.redis_overhead`` runs the same measurement on
+its own, also against a server you name (``--url``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import runcue
+
+from ._harness import (
+    Backend,
+    Row,
+    Settings,
+    fmt_ratio,
+    fmt_seconds,
+    interleave,
+    median,
+    on_loop,
+    paired_ratios,
+    percentile,
+    stopwatch,
+)
+
+ID = "B10"
+TITLE = "shared (RedisStore) vs in-process dispatch, 2,000 no-op async handlers, concurrent=100"
+ITEMS = 2_000
+CONCURRENT = 100
+TARGET_MS = 2.0
+TARGET = f"≤ {TARGET_MS:g} ms/item added"
+PINGS = 500
+
+
+class RedisUnavailable(Exception):
+    """Redis cannot be used on this machine; the message says why (the row's text)."""
+
+
+def unavailable() -> str | None:
+    """Why the scenario cannot run here, or None when it can."""
+    if importlib.util.find_spec("redis") is None:
+        return "skipped: redis client library not installed (pip install 'runcue[redis]')"
+    if shutil.which("redis-server") is None:
+        return "skipped: redis-server not found"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, SIGKILL if it lingers; wait until it exited."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@contextmanager
+def private_redis(attempts: int = 5) -> Iterator[str]:
+    """A private ``redis-server`` on a free loopback port; yields its URL, stops it after.
+
+    :raises RedisUnavailable: when the binary is not on PATH.
+    :raises RuntimeError: when it is there but does not start (``attempts`` ports tried).
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        msg = "skipped: redis-server not found"
+        raise RedisUnavailable(msg)
+    with tempfile.TemporaryDirectory(prefix="runcue-bench-redis-") as directory:
+        log = Path(directory) / "redis.log"
+        for _ in range(attempts):
+            port = _free_port()
+            arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+            arguments += ["--appendonly", "no", "--dir", directory, "--logfile", str(log)]
+            process = subprocess.Popen(
+                [binary, *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            try:
+                deadline = time.monotonic() + 10
+                while process.poll() is None and time.monotonic() < deadline:
+                    if _answers(port):
+                        break
+                    time.sleep(0.01)
+                else:
+                    continue  # it exited (most likely the port was taken meanwhile) or hung
+                yield f"redis://127.0.0.1:{port}/0"
+                return
+            finally:
+                _stop(process)
+        tail = log.read_text(encoding="utf-8", errors="replace")[-500:] if log.exists() else ""
+        msg = f"redis-server did not start after {attempts} attempts: {tail.strip()}"
+        raise RuntimeError(msg)
+
+
+def _command_counts(url: str) -> tuple[int, int]:
+    """The server's ``(EVALSHA calls, every command)`` so far; each count includes itself."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+        scripts = sum(
+            int(stats[name]["calls"])
+            for name in ("cmdstat_evalsha", "cmdstat_eval")
+            if name in stats
+        )
+        total = sum(int(entry["calls"]) for entry in stats.values())
+        return scripts, total
+    finally:
+        client.close()
+
+
+def ping_round_trip(url: str, pings: int = PINGS) -> list[float]:
+    """Seconds per ``PING`` from the synchronous client on this thread (the wire alone)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+        times: list[float] = []
+        for _ in range(pings):
+            elapsed = stopwatch()
+            client.ping()
+            times.append(elapsed())
+        return times
+    finally:
+        client.close()
+
+
+async def run_items(items: int, url: str | None) -> float:
+    """Seconds to run ``items`` no-op handlers, cue set-up and teardown included.
+
+    With ``url`` the service is ``shared=True`` through a fresh namespace of that server;
+    creating and closing the store stay outside the time.
+    """
+    store = None
+    if url is not None:
+        namespace = f"runcue-bench-{os.getpid()}-{time.time_ns()}"
+        store = runcue.RedisStore(url, namespace=namespace)
+
+    async def noop(work: runcue.WorkUnit) -> None:
+        return None
+
+    try:
+        elapsed = stopwatch()
+        async with runcue.Cue(store=store) as cue:
+            cue.service("svc", concurrent=CONCURRENT, shared=store is not None)
+            cue.task("noop", uses="svc")(noop)
+            for index in range(items):
+                await cue.submit("noop", {"i": index})
+            await cue.join()
+        return elapsed()
+    finally:
+        if store is not None:
+            await store.aclose()
+
+
+def measure(backend: Backend, settings: Settings, url: str, items: int = ITEMS) -> list[Row]:
+    """In-process and shared runs of ``items`` handlers, interleaved, against ``url``."""
+    scripts: list[float] = []
+    commands: list[float] = []
+
+    def shared() -> float:
+        scripts_before, commands_before = _command_counts(url)
+        seconds = on_loop(backend, lambda: run_items(items, url))
+        scripts_after, commands_after = _command_counts(url)
+        scripts.append((scripts_after - scripts_before) / items)
+        # The first INFO counts itself only after it ran: one command of the delta is ours.
+        commands.append((commands_after - commands_before - 1) / items)
+        return seconds
+
+    results = interleave(
+        {
+            "in-process": lambda: on_loop(backend, lambda: run_items(items, None)),
+            "shared": shared,
+        },
+        settings.rounds(full=7, quick=3),
+        say=settings.say,
+    )
+    local, remote = results["in-process"], results["shared"]
+    added = median([(ours - base) / items for ours, base in zip(remote, local)])
+    ratio = median(paired_ratios(remote, local))
+    pings = ping_round_trip(url)
+    per_item_scripts = median(scripts[-len(remote) :])
+    per_item_commands = median(commands[-len(remote) :])
+
+    def timing(values: list[float]) -> str:
+        return f"{fmt_seconds(median(values))} ({fmt_seconds(median(values) / items)}/item)"
+
+    title = TITLE.replace(f"{ITEMS:,}", f"{items:,}")
+    return [
+        Row(
+            ID,
+            backend,
+            title,
+            f"shared {timing(remote)}; per item {per_item_scripts:.2f} scripts (EVALSHA),"
+            f" {per_item_commands:.1f} Redis commands counting those inside scripts",
+            f"in-process {timing(local)}; loopback PING round trip"
+            f" p50 {fmt_seconds(percentile(pings, 0.5))}",
+            f"+{added * 1e3:.3g} ms/item added ({fmt_ratio(ratio)} in-process)",
+            TARGET,
+            added * 1e3 <= TARGET_MS,
+        )
+    ]
+
+
+def skipped_row(backend: Backend, reason: str) -> Row:
+    """The row when Redis cannot be used here: reported, neither passed nor failed."""
+    return Row(ID, backend, TITLE, reason, "", "", TARGET, None, skipped=True)
+
+
+def run(backend: Backend, settings: Settings) -> list[Row]:
+    """Start a private server, measure, stop it; a skipped row without Redis."""
+    reason = unavailable()
+    if reason is not None:
+        settings.say(reason)
+        return [skipped_row(backend, reason)]
+    try:
+        with private_redis() as url:
+            settings.say(f"private redis-server at {url}")
+            return measure(backend, settings, url)
+    except RedisUnavailable as missing:
+        return [skipped_row(backend, str(missing))]
