@@ -903,23 +903,20 @@ class Scheduler:
                     self.wake()
                 rate = None
             begun = self.clock()
-            deadline = math.inf if spec.timeout is None else begun + spec.timeout
-            with anyio.CancelScope(deadline=deadline) as limit:
-                if spec.is_async:
-                    result = await spec.handler(work)
+            if not spec.is_async:
+                call = _ThreadCall()
+            if spec.timeout is None:
+                if call is None:
+                    result = await spec.handler(work)  # the common case, without a detour
                 else:
-                    call = _ThreadCall()
-                    result = await anyio.to_thread.run_sync(
-                        call.run,
-                        spec.handler,
-                        work,
-                        abandon_on_cancel=True,
-                        limiter=self._run_threads,
+                    result = await self._invoke(spec, work, call)
+            else:  # a scope only when needed: entering one costs as much as a no-op handler
+                with anyio.CancelScope(deadline=begun + spec.timeout) as limit:
+                    result = await self._invoke(spec, work, call)
+                if limit.cancelled_caught:
+                    error = HandlerTimeout(
+                        f"task {spec.name!r} ran longer than its timeout of {spec.timeout:g}s"
                     )
-            if limit.cancelled_caught:
-                error = HandlerTimeout(
-                    f"task {spec.name!r} ran longer than its timeout of {spec.timeout:g}s"
-                )
         except Exception as exc:
             error = exc
         except BaseException as exc:
@@ -954,6 +951,14 @@ class Scheduler:
                     logger.warning("runcue: giving lease %s back failed (%r)", lease[1], exc)
         await self._conclude(work, service, result, error, duration)
         return call if still_running else None
+
+    async def _invoke(self, spec: TaskSpec, work: WorkUnit, call: _ThreadCall | None) -> Any:
+        """Call the handler: an async one here, a sync one in a worker thread."""
+        if call is None:
+            return await spec.handler(work)
+        return await anyio.to_thread.run_sync(
+            call.run, spec.handler, work, abandon_on_cancel=True, limiter=self._run_threads
+        )
 
     def _interrupted(
         self,
