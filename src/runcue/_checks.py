@@ -29,6 +29,7 @@ __all__ = ["RUN", "SKIP", "CheckMode", "CheckRunner", "Verdict"]
 
 CheckMode = Literal["auto", "inline", "thread"]
 SLOW_CHECK_SECONDS = 0.002
+CHECK_THREADS = 8
 SLOW_CALLS_TO_SWITCH = 3  # ... and at least 1 % of the calls asked on the loop
 
 RUN = ("run", "")
@@ -205,7 +206,9 @@ class CheckRunner:
         self, name: str, check: Callable[[WorkUnit], Any], works: list[WorkUnit]
     ) -> list[Any]:
         if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(1)
+            # A few threads: a check that hangs keeps its thread (threads cannot be killed),
+            # and the next batches must still get one.
+            self._limiter = anyio.CapacityLimiter(CHECK_THREADS)
         with anyio.move_on_after(self._timeout):
             return await anyio.to_thread.run_sync(
                 _evaluate_sync, check, works, abandon_on_cancel=True, limiter=self._limiter

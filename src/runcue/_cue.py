@@ -507,7 +507,7 @@ class Cue:
         ``timeout`` seconds (None: as long as it takes), then is cancelled.
         """
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
         ):
             msg = f"timeout must be a number of seconds >= 0 (or None: no limit), got {timeout!r}"
             raise ValueError(msg)
@@ -641,6 +641,12 @@ class Cue:
             msg = (
                 f"submit_threadsafe() needs a running cue, and this one is {self._state}; start"
                 " it first ('async with', start() or tg.start(cue.run))"
+            )
+            raise CueStateError(msg)
+        if _backend.current_backend() is not None:
+            msg = (
+                "submit_threadsafe() was called from the event loop's own thread, where it would"
+                " wait for itself forever; use 'await cue.submit(...)' there"
             )
             raise CueStateError(msg)
         return anyio.from_thread.run(

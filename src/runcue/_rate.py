@@ -92,14 +92,22 @@ def parse_rate(rate: str) -> tuple[RateSpec, ...]:
         if unit not in _UNIT_SECONDS:
             msg = f"invalid rate {rate!r}: unknown unit {match['unit']!r}; {_GRAMMAR}"
             raise InvalidRateError(msg)
-        limit = int(match["limit"])
-        multiplier = float(match["multiplier"]) if match["multiplier"] else 1.0
+        try:
+            limit = int(match["limit"])
+            multiplier = float(match["multiplier"]) if match["multiplier"] else 1.0
+        except ValueError:  # a number with thousands of digits
+            msg = f"invalid rate {rate!r}: a number in {part.strip()!r} is too long; {_GRAMMAR}"
+            raise InvalidRateError(msg) from None
+        period = multiplier * _UNIT_SECONDS[unit]
+        if not math.isfinite(period):
+            msg = f"invalid rate {rate!r}: the period of {part.strip()!r} is endless; {_GRAMMAR}"
+            raise InvalidRateError(msg)
         if limit < 1 or multiplier <= 0:
             msg = (
                 f"invalid rate {rate!r}: the count and the multiplier must be positive; {_GRAMMAR}"
             )
             raise InvalidRateError(msg)
-        specs.append(RateSpec(limit, multiplier * _UNIT_SECONDS[unit]))
+        specs.append(RateSpec(limit, period))
     return tuple(specs)
 
 

@@ -344,8 +344,8 @@ class Scheduler:
             self._wake_in_stream = True
             try:
                 self._send.send_nowait(None)
-            except anyio.ClosedResourceError:
-                pass  # the cue has stopped; nobody needs waking
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass  # the cue has stopped (or its scheduler ended): nobody needs waking
 
     def poke(self) -> None:
         """Recheck every parked work now."""
