@@ -639,16 +639,8 @@ class Scheduler:
                     if not claimed:
                         self._delay(work, min(1.0, self.lease_ttl / 4), "claimed_elsewhere")
                         continue
-                if checks.active:
-                    ((verdict, details),) = await checks.evaluate([work])
-                    if work._where != CHECKING:
-                        continue
-                    if verdict == "skip":
-                        await self._skip(work, service)
-                        continue
-                    if verdict != "run":
-                        self._park(work, verdict, details)
-                        continue
+                if checks.active and not await self._check_one(work, service):
+                    continue
                 slots = self._take_slots(work, service)
                 if slots is None:
                     self._enqueue(work, self.clock())
@@ -1029,6 +1021,22 @@ class Scheduler:
         except Exception:
             logger.exception("runcue: checking the outputs of %s raised", work)
 
+    async def _check_one(self, work: WorkUnit, service: Service) -> bool:
+        """Ask one CHECKING work's checks; True when it should start now. Otherwise it was
+        skipped, parked, or cancelled while its checks ran."""
+        begun = time.perf_counter()
+        ((verdict, details),) = await self.checks.evaluate([work])
+        self._sweep_cost += time.perf_counter() - begun
+        if work._where != CHECKING:
+            return False  # cancelled while its checks ran
+        if verdict == "skip":
+            await self._skip(work, service)
+            return False
+        if verdict != "run":
+            self._park(work, verdict, details)
+            return False
+        return True
+
     async def _take_next(self, service: Service) -> tuple[WorkUnit, object, bool] | None:
         checks = self.checks
         while service.queued and not self.closing and self.store is None:
@@ -1041,16 +1049,7 @@ class Scheduler:
                 break
             if checks.active:
                 work._where = CHECKING
-                begun = time.perf_counter()
-                ((verdict, details),) = await checks.evaluate([work])
-                self._sweep_cost += time.perf_counter() - begun
-                if work._where != CHECKING:
-                    continue  # cancelled while its checks ran
-                if verdict == "skip":
-                    await self._skip(work, service)
-                    continue
-                if verdict != "run":
-                    self._park(work, verdict, details)
+                if not await self._check_one(work, service):
                     continue
             admitted = self._admit(work, service)
             if admitted is None:
