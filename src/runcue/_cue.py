@@ -538,14 +538,15 @@ class Cue:
         if timeout is None:
             await engine.wait_no_running()
         else:
-            with anyio.move_on_after(timeout):
+            with anyio.move_on_after(timeout) as patience:
                 await engine.wait_no_running()
-            if engine.running:
+            if patience.cancelled_caught:
                 engine.cancel_running()
-                await engine.wait_no_running()
+                # Cancelled handlers end at once; callbacks still awaited end with the task
+                # group, which the caller closes next.
+                await engine.wait_no_running(reports=False)
         if self._loop_scope is not None:
             self._loop_scope.cancel()
-        self._state = _STOPPED if self._mode is None else self._state
 
     # ------------------------------------------------------------------ work
 

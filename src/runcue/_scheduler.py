@@ -1441,19 +1441,19 @@ class Scheduler:
             self._check_idle()
 
     def _check_idle(self) -> None:
-        if self._reporting:
-            return
-        if not self.works:
+        # Waiters re-check their own condition: waking them early is harmless.
+        if self.running <= 1 and self._no_running is not None:
+            self._no_running.set()
+        if not self._reporting and not self.works:
             self._is_idle = True
             self._idle.set()
-        if self.running <= 1 and self._no_running is not None:
-            self._no_running.set()  # the waiter re-checks (a handler may wait for the rest)
 
-    async def wait_no_running(self) -> None:
-        """Until no handler runs -- but for the caller's own, when a handler is the caller."""
+    async def wait_no_running(self, *, reports: bool = True) -> None:
+        """Until no handler runs (and, with ``reports``, no callback is being awaited) -- but
+        for the caller's own, when a handler or a callback is the caller."""
         own = 1 if IN_RUNNER.get() and not IN_REPORT.get() else 0
         own_report = 1 if IN_REPORT.get() else 0
-        while self.running > own or self._reporting > own_report:
+        while self.running > own or (reports and self._reporting > own_report):
             self._no_running = anyio.Event()
             await self._no_running.wait()
 
