@@ -177,8 +177,8 @@ class Scheduler:
         self.clock: Callable[[], float] = anyio.current_time  # the loop's own clock after bind()
 
         # Made in bind(): before it, submissions wait in a plain list.
-        self._send: MemoryObjectSendStream[WorkUnit | None] | None = None
-        self._receive: MemoryObjectReceiveStream[WorkUnit | None] | None = None
+        self._send: MemoryObjectSendStream[None] | None = None
+        self._receive: MemoryObjectReceiveStream[None] | None = None
         self._backlog: list[WorkUnit] = []
         self._wake_in_stream = False
         self.tg: TaskGroup | None = None
@@ -267,7 +267,7 @@ class Scheduler:
         for service in self.services.values():
             if service.limiter is None:
                 service.bind(self.clock)
-        self._send, self._receive = anyio.create_memory_object_stream[WorkUnit | None](math.inf)
+        self._send, self._receive = anyio.create_memory_object_stream[None](math.inf)
         for work in self._backlog:
             if work._where == INTAKE:
                 self._enqueue(work, now)
@@ -372,28 +372,21 @@ class Scheduler:
                     await anyio.lowlevel.checkpoint()  # never hold the loop, whatever is due
                     continue
                 if timeout == math.inf:
-                    item = await receive.receive()
-                    self._accept(item)
+                    await receive.receive()
+                    self._wake_in_stream = False
                 else:
                     with anyio.move_on_after(timeout):
-                        item = await receive.receive()
-                        self._accept(item)
+                        await receive.receive()
+                        self._wake_in_stream = False
 
-    def _drain(self, receive: MemoryObjectReceiveStream[WorkUnit | None]) -> None:
+    def _drain(self, receive: MemoryObjectReceiveStream[None]) -> None:
+        """Take every wake-up already sent: one look at the state serves them all."""
         while True:
             try:
-                item = receive.receive_nowait()
+                receive.receive_nowait()
             except anyio.WouldBlock:
                 return
-            self._accept(item)
-
-    def _accept(self, item: WorkUnit | None) -> None:
-        if item is None:
             self._wake_in_stream = False
-        elif item._where == INTAKE:
-            if self.closing:
-                return
-            self._enqueue(item, self.clock())
 
     async def _tick(self) -> None:
         now = self.clock()
