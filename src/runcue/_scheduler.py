@@ -312,7 +312,10 @@ class Scheduler:
         if self._is_idle:
             self._is_idle = False
             self._idle = anyio.Event()
-        self._mark_pending(work, now)
+        if self.pending_warn_after is None and self.pending_timeout is None:
+            work._enqueued = now
+        else:
+            self._mark_pending(work, now)
         if self.listeners:
             self.emit("queued", work)
         if self._send is None:
@@ -335,7 +338,8 @@ class Scheduler:
         # Straight into its service's queue, so a runner that finishes a moment later
         # already sees it; the scheduler is nudged through the stream.
         self._enqueue(work, now)
-        self.wake()
+        if not self._wake_in_stream:
+            self.wake()
         return work
 
     def wake(self) -> None:
@@ -887,7 +891,8 @@ class Scheduler:
                 if rate.commit() and service.queued:
                     self.wake()
                 rate = None
-            begun = self.clock()
+            if hooks.on_start is not None:
+                begun = self.clock()  # the handler's own time, after its on_start
             if not spec.is_async:
                 call = _ThreadCall()
             if spec.timeout is None:
@@ -1035,8 +1040,8 @@ class Scheduler:
         while service.queued and not self.closing and self.store is None:
             if checks.active and not checks.runs_here:
                 break  # the scheduler asks the checks in batches (in a worker thread)
-            if service.free_slots(self.clock) <= 0:
-                break
+            if checks.active and service.free_slots(self.clock) <= 0:
+                break  # no room: do not ask checks for nothing (_admit re-checks room anyway)
             work = self._pop(service)
             if work is None:
                 break
