@@ -80,8 +80,7 @@ class CheckRunner:
             raise ValueError(msg)
         self._hooks = hooks
         self._mode = mode
-        self._timeout = math.inf if timeout is None else timeout
-        self.timeout = self._timeout  # also bounds async event callbacks
+        self.timeout = math.inf if timeout is None else timeout  # also bounds async callbacks
         self._limiter: anyio.CapacityLimiter | None = None
         self._inline_calls = 0
         self._slow_calls = 0
@@ -209,11 +208,11 @@ class CheckRunner:
             # A few threads: a check that hangs keeps its thread (threads cannot be killed),
             # and the next batches must still get one.
             self._limiter = anyio.CapacityLimiter(CHECK_THREADS)
-        with anyio.move_on_after(self._timeout):
+        with anyio.move_on_after(self.timeout):
             return await anyio.to_thread.run_sync(
                 _evaluate_sync, check, works, abandon_on_cancel=True, limiter=self._limiter
             )
-        error = TimeoutError(f"{name} did not answer within check_timeout={self._timeout:g}s")
+        error = TimeoutError(f"{name} did not answer within check_timeout={self.timeout:g}s")
         return [error] * len(works)
 
     async def _ask_async(
@@ -222,9 +221,9 @@ class CheckRunner:
         answers: list[Any] = []
         for work in works:
             answer: Any = TimeoutError(
-                f"{name} did not answer within check_timeout={self._timeout:g}s"
+                f"{name} did not answer within check_timeout={self.timeout:g}s"
             )
-            with anyio.move_on_after(self._timeout):
+            with anyio.move_on_after(self.timeout):
                 try:
                     answer = bool(await check(work))
                 except Exception as exc:

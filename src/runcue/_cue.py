@@ -147,7 +147,6 @@ class Cue:
         self._services: dict[str | None, Service] = {None: Service(None, clock=anyio.current_time)}  # type: ignore[arg-type]
         self._hooks = Hooks()
         self._engine = Scheduler(
-            tasks=self._tasks,
             services=self._services,
             hooks=self._hooks,
             checks=CheckRunner(

@@ -147,7 +147,6 @@ class Scheduler:
     def __init__(
         self,
         *,
-        tasks: dict[str, TaskSpec],
         services: dict[str | None, Service],
         hooks: Hooks,
         checks: CheckRunner,
@@ -161,7 +160,6 @@ class Scheduler:
         max_threads: int,
         seed: int | None,
     ) -> None:
-        self.tasks = tasks
         self.services = services
         self.hooks = hooks
         self.checks = checks
@@ -1405,13 +1403,7 @@ class Scheduler:
     async def _report(self, name: str, hook: Callable[..., Any], *args: Any) -> None:
         """Call an event callback; join() and stop() wait until it returned."""
         self._reporting += 1
-        token = IN_REPORT.set(True)
-        try:
-            await call_hook(name, hook, *args, timeout=self.checks.timeout)
-        finally:
-            IN_REPORT.reset(token)
-            self._reporting -= 1
-            self._check_idle()
+        await self._report_counted(name, hook, *args)
 
     def _report_soon(self, name: str, hook: Callable[..., Any], *args: Any) -> None:
         """Call an event callback without holding up the caller (the scheduler): a sync one
@@ -1423,10 +1415,11 @@ class Scheduler:
                 logger.exception("runcue: the %s callback %r raised; the cue goes on", name, hook)
             return
         self._reporting += 1
-        self.tg.start_soon(self._report_spawned, name, hook, *args)
+        self.tg.start_soon(self._report_counted, name, hook, *args)
 
-    async def _report_spawned(self, name: str, hook: Callable[..., Any], *args: Any) -> None:
-        IN_REPORT.set(True)
+    async def _report_counted(self, name: str, hook: Callable[..., Any], *args: Any) -> None:
+        """Await a callback already counted in ``_reporting`` (stop() from inside it knows)."""
+        token = IN_REPORT.set(True)
         try:
             if name == "on_cancel":
                 # Often reported while the cue is being cancelled: let it finish (bounded).
@@ -1435,6 +1428,7 @@ class Scheduler:
             else:
                 await call_hook(name, hook, *args, timeout=self.checks.timeout)
         finally:
+            IN_REPORT.reset(token)
             self._reporting -= 1
             self._check_idle()
 
