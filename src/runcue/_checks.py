@@ -34,6 +34,7 @@ SLOW_CALLS_TO_SWITCH = 3  # ... and at least 1 % of the calls asked on the loop
 
 RUN = ("run", "")
 SKIP = ("skip", "")
+NOT_READY = ("not_ready", "is_ready returned False")
 Verdict = tuple[str, str]  # ("run" | "skip" | "not_ready" | "check_error", details)
 
 
@@ -89,6 +90,13 @@ class CheckRunner:
         self.active = False  # False: no check and no declaration, every work simply runs
         self.producers: dict[Any, dict[str, WorkUnit]] = {}  # the scheduler's, shared
         self.errors = 0
+        self._some_async = False  # an async is_ready or is_stale: answers need awaiting
+        self._inputs_check: Callable[[WorkUnit], bool] | None = None
+
+    @property
+    def inline(self) -> bool:
+        """True when :meth:`verdict_now` can answer: sync checks, asked on the loop."""
+        return self._mode != "thread" and not self._some_async
 
     @property
     def runs_here(self) -> bool:
@@ -99,6 +107,84 @@ class CheckRunner:
         """Recompute :attr:`active` (a check was registered or a task declares artifacts)."""
         hooks = self._hooks
         self.active = self.declarations or hooks.is_ready is not None or hooks.is_stale is not None
+        self._some_async = any(
+            check is not None and is_async_callable(check)
+            for check in (hooks.is_ready, hooks.is_stale)
+        )
+
+    def verdict_now(self, work: WorkUnit) -> Verdict:
+        """One work's verdict, asked right here (only when :attr:`inline`).
+
+        The same rules as :meth:`evaluate`, without a batch: the path a runner takes for the
+        next work of its service, where a list, a coroutine and a second pass cost more than
+        the user's check itself.
+        """
+        hooks = self._hooks
+        declares = work._task.declares
+        if declares:
+            check = self._inputs_check
+            if check is None:
+                check = self._inputs_check = _inputs_ready_given(self.producers)
+            answer = self._ask_one("inputs", check, work)
+            if answer is False:
+                missing = ", ".join(describe(item) for item in work._missing[:3])
+                return ("not_ready", f"waiting for input {missing}")
+            if answer is not True:
+                return ("check_error", f"checking the inputs raised {answer!r}")
+        if hooks.is_ready is not None:
+            answer = self._ask_one("is_ready", hooks.is_ready, work)
+            if answer is False:
+                return NOT_READY
+            if answer is not True:
+                return ("check_error", f"is_ready raised {answer!r}")
+        if declares:
+            answer = self._ask_one("outputs", _outputs_stale, work)
+            if answer is False:
+                return SKIP
+            if answer is not True:
+                return ("check_error", f"checking the outputs raised {answer!r}")
+        if hooks.is_stale is not None:
+            answer = self._ask_one("is_stale", hooks.is_stale, work)
+            if answer is False:
+                return SKIP
+            if answer is not True:
+                return ("check_error", f"is_stale raised {answer!r}")
+        return RUN
+
+    def _ask_one(self, name: str, check: Callable[[WorkUnit], Any], work: WorkUnit) -> Any:
+        """:meth:`_ask` for one work, inline and sync."""
+        self.calls[name] += 1
+        begun = time.perf_counter()
+        try:
+            answer: Any = bool(check(work))
+        except Exception as exc:
+            answer = exc
+            self.errors += 1
+            logger.warning(
+                "runcue: %s raised for %s; the work stays pending and is asked again later",
+                name,
+                work,
+                exc_info=exc,
+            )
+        if self._mode == "auto":
+            self._inline_calls += 1
+            if time.perf_counter() - begun > SLOW_CHECK_SECONDS:
+                self._slow_call(name)
+        return answer
+
+    def _slow_call(self, name: str) -> None:
+        # One slow call may be a GC pause or the process being descheduled; a check that is
+        # slow again and again is really blocking the loop.
+        self._slow_calls += 1
+        if self._slow_calls >= SLOW_CALLS_TO_SWITCH and self._slow_calls * 100 >= self._inline_calls:
+            self._mode = "thread"
+            logger.info(
+                "runcue: %s took over %.0f ms on the event loop %d times; sync checks"
+                " now run in a worker thread",
+                name,
+                SLOW_CHECK_SECONDS * 1000,
+                self._slow_calls,
+            )
 
     async def evaluate(self, works: Sequence[WorkUnit]) -> list[Verdict]:
         """One verdict per work, in order."""
@@ -124,7 +210,7 @@ class CheckRunner:
                 if answer is True:
                     still.append(i)
                 elif answer is False:
-                    verdicts[i] = ("not_ready", "is_ready returned False")
+                    verdicts[i] = NOT_READY
                 else:
                     verdicts[i] = ("check_error", f"is_ready raised {answer!r}")
             todo = still
@@ -150,7 +236,7 @@ class CheckRunner:
         self, name: str, check: Callable[[WorkUnit], Any], works: list[WorkUnit]
     ) -> list[Any]:
         self.calls[name] += len(works)
-        if is_async_callable(check):
+        if name in ("is_ready", "is_stale") and self._some_async and is_async_callable(check):
             answers = await self._ask_async(name, check, works)
         elif self._mode == "thread":
             answers = await self._ask_in_thread(name, check, works)
@@ -182,21 +268,8 @@ class CheckRunner:
                 continue
             self._inline_calls += 1
             if time.perf_counter() - begun > SLOW_CHECK_SECONDS:
-                # One slow call may be a GC pause or the process being descheduled; a check
-                # that is slow again and again is really blocking the loop.
-                self._slow_calls += 1
-                if (
-                    self._slow_calls >= SLOW_CALLS_TO_SWITCH
-                    and self._slow_calls * 100 >= self._inline_calls
-                ):
-                    self._mode = "thread"
-                    logger.info(
-                        "runcue: %s took over %.0f ms on the event loop %d times; sync checks"
-                        " now run in a worker thread",
-                        name,
-                        SLOW_CHECK_SECONDS * 1000,
-                        self._slow_calls,
-                    )
+                self._slow_call(name)
+                if self._mode == "thread":
                     answers.extend(_evaluate_sync(check, works[index + 1 :]))  # the rest
                     break
         return answers

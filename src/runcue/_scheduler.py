@@ -77,6 +77,7 @@ BATCH_MAX = 256  # most work units checked in one go per service
 SWEEP_BUDGET = 3.0  # completion sweeps wait >= this x the check time the last sweep cost
 PERIODIC_BUDGET = 50.0  # periodic sweeps wait >= this x the check time the last sweep cost
 _WARN, _TIMEOUT = 0, 1
+RUNNER_NAME = "runcue runner"  # given to start_soon: naming a task from its function costs more
 
 
 def _safe_repr(value: object) -> str:
@@ -331,7 +332,7 @@ class Scheduler:
             # without a round trip through the scheduler.
             slots = self._admit(work, service)
             if slots is not None:
-                self.tg.start_soon(self._runner, work, service, *slots)
+                self.tg.start_soon(self._runner, work, service, *slots, name=RUNNER_NAME)
                 return work
         # Straight into its service's queue, so a runner that finishes a moment later
         # already sees it; the scheduler is nudged through the stream.
@@ -573,7 +574,10 @@ class Scheduler:
                     batch.append(work)
                 if checks.active:
                     begun = time.perf_counter()
-                    verdicts = await checks.evaluate(batch)
+                    if checks.inline:
+                        verdicts = [checks.verdict_now(work) for work in batch]
+                    else:
+                        verdicts = await checks.evaluate(batch)
                     self._sweep_cost += time.perf_counter() - begun
                     blocked = False
                     for work, (verdict, details) in zip(batch, verdicts):
@@ -659,7 +663,7 @@ class Scheduler:
                     self._keeper_wanted()
                 self._mark_running(work, service)
                 assert self.tg is not None
-                self.tg.start_soon(self._runner, work, service, *slots)
+                self.tg.start_soon(self._runner, work, service, *slots, name=RUNNER_NAME)
             if service.queued == 0:
                 service.queue.clear()
                 self.queued_services.pop(service, None)
@@ -767,7 +771,7 @@ class Scheduler:
         if admitted is None:
             return False
         assert self.tg is not None
-        self.tg.start_soon(self._runner, work, service, *admitted)
+        self.tg.start_soon(self._runner, work, service, *admitted, name=RUNNER_NAME)
         return True
 
     def _admit(self, work: WorkUnit, service: Service) -> tuple[object, bool] | None:
@@ -779,24 +783,24 @@ class Scheduler:
 
     def _take_slots(self, work: WorkUnit, service: Service) -> tuple[object, bool] | None:
         """Take a concurrency slot (and a thread slot for a sync handler on a service without
-        ``concurrent``) and a local rate slot, all or nothing."""
-        spec: TaskSpec = work._task
+        ``concurrent``) and a local rate slot, all or nothing. Returns the thread slot's
+        borrower (None without one) and whether a thread slot was taken."""
         if service.paused_until != -math.inf and service.paused_until > self.clock():
             return None  # RateLimited paused the service: nothing of it starts
-        borrower = object()
-        limiter = service.limiter
-        assert limiter is not None
-        try:
-            limiter.acquire_on_behalf_of_nowait(borrower)
-        except anyio.WouldBlock:
+        slots = service.limiter
+        assert slots is not None
+        if slots.borrowed_tokens >= slots.total_tokens:
             return None
+        slots.borrowed_tokens += 1
+        borrower: object = None
         thread_slot = False
-        if not spec.is_async and service.concurrent is None:
+        if service.concurrent is None and not work._task.is_async:
             assert self._threads is not None
+            borrower = object()
             try:
                 self._threads.acquire_on_behalf_of_nowait(borrower)
             except anyio.WouldBlock:
-                limiter.release_on_behalf_of(borrower)
+                slots.borrowed_tokens -= 1
                 return None
             thread_slot = True
         if service.rate is not None and not service.shared and not service.rate.try_reserve():
@@ -1020,8 +1024,12 @@ class Scheduler:
     async def _check_one(self, work: WorkUnit, service: Service) -> bool:
         """Ask one CHECKING work's checks; True when it should start now. Otherwise it was
         skipped, parked, or cancelled while its checks ran."""
+        checks = self.checks
         begun = time.perf_counter()
-        ((verdict, details),) = await self.checks.evaluate([work])
+        if checks.inline:
+            verdict, details = checks.verdict_now(work)
+        else:
+            ((verdict, details),) = await checks.evaluate([work])
         self._sweep_cost += time.perf_counter() - begun
         if work._where != CHECKING:
             return False  # cancelled while its checks ran
@@ -1058,7 +1066,7 @@ class Scheduler:
 
     def _release(self, service: Service, borrower: object, thread_slot: bool) -> None:
         assert service.limiter is not None
-        service.limiter.release_on_behalf_of(borrower)
+        service.limiter.borrowed_tokens -= 1
         if thread_slot:
             assert self._threads is not None
             self._threads.release_on_behalf_of(borrower)

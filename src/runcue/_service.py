@@ -1,4 +1,4 @@
-"""A service: its limits (a CapacityLimiter and a sliding-window rate), its queue, its counts."""
+"""A service: its limits (concurrency slots and a sliding-window rate), its queue, its counts."""
 
 from __future__ import annotations
 
@@ -6,14 +6,33 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import anyio
-
 from ._rate import RateLimiter, RateSpec, parse_rate
 
 if TYPE_CHECKING:
     from ._work import WorkUnit
 
-__all__ = ["Service", "validate_concurrent"]
+__all__ = ["Service", "Slots", "validate_concurrent"]
+
+
+class Slots:
+    """A service's concurrency slots: a counter with a CapacityLimiter's attribute names.
+
+    Only the scheduler takes and gives slots, and it never waits for one (a full service
+    leaves its work queued), so a limiter's per-borrower bookkeeping and waiter queue would be
+    pure cost on every start. ``total_tokens`` may drop below ``borrowed_tokens`` when a live
+    reconfiguration lowers ``concurrent``: no new start happens until enough have finished.
+    """
+
+    __slots__ = ("borrowed_tokens", "total_tokens")
+
+    def __init__(self, total_tokens: float) -> None:
+        self.total_tokens = total_tokens
+        self.borrowed_tokens = 0
+
+    @property
+    def available_tokens(self) -> float:
+        """Slots free right now (at most 0 when full)."""
+        return self.total_tokens - self.borrowed_tokens
 
 
 def validate_concurrent(name: str, concurrent: object) -> int | None:
@@ -62,7 +81,7 @@ class Service:
         self.concurrent: int | None = None
         self.rate_text: str | None = None
         self.rate: RateLimiter | None = None
-        self.limiter: anyio.CapacityLimiter | None = None  # made inside the event loop
+        self.limiter: Slots | None = None  # made once the loop runs
         self.paused_until = -math.inf
         # Candidates waiting for room: a heap of (order key, sequence, token, work).
         self.queue: list[tuple[float, int, int, WorkUnit]] = []
@@ -96,13 +115,11 @@ class Service:
             self.limiter.total_tokens = math.inf if concurrent is None else concurrent
 
     def bind(self, clock: Callable[[], float]) -> None:
-        """Create the CapacityLimiter and adopt the loop's clock; called once the loop runs."""
+        """Create the slots and adopt the loop's clock; called once the loop runs."""
         self._clock = clock
         if self.rate is not None:
             self.rate.set_clock(clock)
-        self.limiter = anyio.CapacityLimiter(
-            math.inf if self.concurrent is None else self.concurrent
-        )
+        self.limiter = Slots(math.inf if self.concurrent is None else self.concurrent)
 
     def free_slots(self, clock: Callable[[], float]) -> float:
         """How many more starts the limits allow right now (inf when unlimited).
