@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["current_backend", "fast_clock", "spawn_background"]
+__all__ = ["RunnerScope", "current_backend", "fast_clock", "runner_scope", "spawn_background"]
 
 _background_tasks: set[Any] = set()  # asyncio keeps only weak references to tasks
 
@@ -54,6 +54,36 @@ def fast_clock() -> Callable[[], float]:
     import anyio
 
     return anyio.current_time
+
+
+class RunnerScope(Protocol):
+    """What the scheduler uses of a cancel scope around a runner's attempts."""
+
+    @property
+    def cancel_called(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any, /) -> bool: ...
+
+
+def runner_scope() -> Callable[[], RunnerScope]:
+    """The cheapest cancel scope the running backend offers, for the scope every runner opens.
+
+    On trio, AnyIO's ``CancelScope`` wraps trio's own, and the wrapper costs about as much as
+    the scope: a runner that runs one work pays it once per work, so trio's scope is used
+    directly (AnyIO's scopes on trio are trio's, so the two nest as one). On asyncio it is
+    AnyIO's.
+    """
+    if current_backend() == "trio":
+        import trio
+
+        return trio.CancelScope
+    import anyio
+
+    return anyio.CancelScope
 
 
 def spawn_background(run: Callable[[], Awaitable[None]]) -> str | None:

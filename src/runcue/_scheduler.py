@@ -104,6 +104,16 @@ def _clamp_priority(value: object) -> float:
     return min(1.0, max(0.0, number))
 
 
+class _Spare:
+    """An idle runner waiting for its service's next work (see ``Scheduler._runner``)."""
+
+    __slots__ = ("event", "work")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.work: tuple[WorkUnit, object, bool] | None = None
+
+
 class _ThreadCall:
     """A sync handler's call in a worker thread, which may outlive the wait for it."""
 
@@ -174,6 +184,7 @@ class Scheduler:
         self.max_threads = max_threads
         self.rng = random.Random(seed)
         self.clock: Callable[[], float] = anyio.current_time  # the loop's own clock after bind()
+        self._runner_scope: Callable[[], _backend.RunnerScope] = anyio.CancelScope
 
         # Made in bind(): before it, submissions wait in a plain list.
         self._send: MemoryObjectSendStream[None] | None = None
@@ -259,6 +270,7 @@ class Scheduler:
         """Attach to the task group that will own every running work (inside the loop)."""
         self.tg = tg
         self.clock = _backend.fast_clock()
+        self._runner_scope = _backend.runner_scope()
         now = self.clock()
         self.started_at = self.last_progress = self._last_sweep = now
         self._threads = anyio.CapacityLimiter(self.max_threads)
@@ -332,7 +344,7 @@ class Scheduler:
             # without a round trip through the scheduler.
             slots = self._admit(work, service)
             if slots is not None:
-                self.tg.start_soon(self._runner, work, service, *slots, name=RUNNER_NAME)
+                self._launch(work, service, *slots)
                 return work
         # Straight into its service's queue, so a runner that finishes a moment later
         # already sees it; the scheduler is nudged through the stream.
@@ -662,8 +674,7 @@ class Scheduler:
                     self.leases[work.id] = (service.name, lease)
                     self._keeper_wanted()
                 self._mark_running(work, service)
-                assert self.tg is not None
-                self.tg.start_soon(self._runner, work, service, *slots, name=RUNNER_NAME)
+                self._launch(work, service, *slots)
             if service.queued == 0:
                 service.queue.clear()
                 self.queued_services.pop(service, None)
@@ -766,13 +777,25 @@ class Scheduler:
                 )
 
     def _start(self, work: WorkUnit, service: Service) -> bool:
-        """Take room in the service and spawn a runner for it; False when there is none now."""
+        """Take room in the service and hand the work to a runner; False when there is no
+        room now."""
         admitted = self._admit(work, service)
         if admitted is None:
             return False
-        assert self.tg is not None
-        self.tg.start_soon(self._runner, work, service, *admitted, name=RUNNER_NAME)
+        self._launch(work, service, *admitted)
         return True
+
+    def _launch(self, work: WorkUnit, service: Service, borrower: object, thread_slot: bool) -> None:
+        """Run an admitted work: on the service's idle runner when it has one (one wake-up,
+        like a stream hop), else in a new runner task."""
+        spare: _Spare | None = service.spare
+        if spare is not None:
+            service.spare = None
+            spare.work = (work, borrower, thread_slot)
+            spare.event.set()
+            return
+        assert self.tg is not None
+        self.tg.start_soon(self._runner, work, service, borrower, thread_slot, name=RUNNER_NAME)
 
     def _admit(self, work: WorkUnit, service: Service) -> tuple[object, bool] | None:
         """Take every slot the work needs, all or nothing, and mark it running."""
@@ -834,11 +857,16 @@ class Scheduler:
 
         One cancel scope covers the attempts of a runner until ``cancel()`` cancels the one
         running (``work._scope``); the runner then leaves that scope and opens a fresh one.
+
+        A runner that finds nothing to take stays as its service's spare (one per service, no
+        timer, so an idle cue still costs no CPU) until the scheduler hands it the next work
+        that may start: a start on an idle service then costs one wake-up instead of a new
+        task. Spares end with the cue's task group.
         """
         IN_RUNNER.set(True)
         following: tuple[WorkUnit, object, bool] | None = (work, borrower, thread_slot)
         while following is not None:
-            scope = anyio.CancelScope()
+            scope = self._runner_scope()
             held: _ThreadCall | None = None
             with scope:
                 while following is not None:
@@ -858,10 +886,31 @@ class Scheduler:
                 finally:
                     service.abandoned -= 1
                     self._release(service, borrower, thread_slot)
-            if following is None and not scope.cancel_called and held is None:
-                return
-            if following is None:
+            if following is None and (scope.cancel_called or held is not None):
                 following = await self._take_next(service)
+            if following is None:
+                following = await self._wait_as_spare(service)
+
+    async def _wait_as_spare(self, service: Service) -> tuple[WorkUnit, object, bool] | None:
+        """Wait as the service's idle runner; the work handed over, or None to end now."""
+        if service.spare is not None or self.closing:
+            return None
+        spare = service.spare = _Spare()
+        try:
+            await spare.event.wait()
+        except BaseException as exc:
+            # The cue is going away. A work handed over in the same moment was admitted
+            # (marked running, slots taken): account for it as interrupted.
+            if service.spare is spare:
+                service.spare = None
+            if spare.work is not None:
+                work, borrower, thread_slot = spare.work
+                rate = None if service.shared else service.rate
+                self._interrupted(
+                    work, service, borrower, thread_slot, self._runner_scope(), None, rate, exc
+                )
+            raise
+        return spare.work
 
     async def _attempt(
         self,
@@ -869,7 +918,7 @@ class Scheduler:
         service: Service,
         borrower: object,
         thread_slot: bool,
-        scope: anyio.CancelScope,
+        scope: _backend.RunnerScope,
     ) -> _ThreadCall | None:
         """One attempt, reported. Returns the thread call when its thread still runs (the
         caller then waits for it before releasing the slots)."""
@@ -958,7 +1007,7 @@ class Scheduler:
         service: Service,
         borrower: object,
         thread_slot: bool,
-        scope: anyio.CancelScope,
+        scope: _backend.RunnerScope,
         call: _ThreadCall | None,
         rate: RateLimiter | None,
         exc: BaseException,

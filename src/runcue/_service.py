@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._rate import RateLimiter, RateSpec, parse_rate
 
@@ -70,6 +70,7 @@ class Service:
         "shared",
         "shared_wait_until",
         "skipped",
+        "spare",
         "started",
         "store_backoff",
         "store_error",
@@ -94,6 +95,7 @@ class Service:
         self.failed = 0
         self.skipped = 0
         self.retried = 0
+        self.spare: Any = None  # an idle runner of this service waiting for work (the scheduler's)
         self.shared = False  # limits kept in the cue's store, for every process
         self.shared_wait_until = -math.inf
         self.store_error: str | None = None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from anyio import CancelScope
+    from ._backend import RunnerScope
 
 __all__ = ["PriorityContext", "WorkState", "WorkUnit"]
 
@@ -92,7 +92,7 @@ class WorkUnit:
     _submitted: float  # anyio.current_time() at submission
     _enqueued: float  # anyio.current_time() when it last joined a queue
     _blocked: tuple[str, str] | None  # (reason, details) while parked
-    _scope: CancelScope | None
+    _scope: RunnerScope | None
     _cancel_requested: bool
     _dedup_key: Any
     _inputs: list[Any]  # declared input artifacts (empty when none)
