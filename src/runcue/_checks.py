@@ -90,6 +90,7 @@ class CheckRunner:
         self.active = False  # False: no check and no declaration, every work simply runs
         self.producers: dict[Any, dict[str, WorkUnit]] = {}  # the scheduler's, shared
         self.errors = 0
+        self.spent = 0.0  # seconds in checks asked by verdict_now() (see take_spent)
         self._some_async = False  # an async is_ready or is_stale: answers need awaiting
         self._inputs_check: Callable[[WorkUnit], bool] | None = None
 
@@ -151,6 +152,12 @@ class CheckRunner:
                 return ("check_error", f"is_stale raised {answer!r}")
         return RUN
 
+    def take_spent(self) -> float:
+        """Seconds spent in inline checks since the last call (the scheduler spaces its
+        sweeps by what asking costs)."""
+        spent, self.spent = self.spent, 0.0
+        return spent
+
     def _ask_one(self, name: str, check: Callable[[WorkUnit], Any], work: WorkUnit) -> Any:
         """:meth:`_ask` for one work, inline and sync."""
         self.calls[name] += 1
@@ -166,9 +173,11 @@ class CheckRunner:
                 work,
                 exc_info=exc,
             )
+        took = time.perf_counter() - begun
+        self.spent += took
         if self._mode == "auto":
             self._inline_calls += 1
-            if time.perf_counter() - begun > SLOW_CHECK_SECONDS:
+            if took > SLOW_CHECK_SECONDS:
                 self._slow_call(name)
         return answer
 
@@ -176,7 +185,8 @@ class CheckRunner:
         # One slow call may be a GC pause or the process being descheduled; a check that is
         # slow again and again is really blocking the loop.
         self._slow_calls += 1
-        if self._slow_calls >= SLOW_CALLS_TO_SWITCH and self._slow_calls * 100 >= self._inline_calls:
+        calls = self._inline_calls
+        if self._slow_calls >= SLOW_CALLS_TO_SWITCH and self._slow_calls * 100 >= calls:
             self._mode = "thread"
             logger.info(
                 "runcue: %s took over %.0f ms on the event loop %d times; sync checks"

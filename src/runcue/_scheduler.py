@@ -49,7 +49,7 @@ from anyio.abc import TaskGroup
 
 from . import _backend
 from ._artifacts import Snapshot, artifact_key, declared_stale, describe
-from ._checks import CheckRunner
+from ._checks import RUN, CheckRunner, Verdict
 from ._errors import (
     HandlerTimeout,
     PendingTimeout,
@@ -178,6 +178,8 @@ class Scheduler:
         self.pending_timeout = pending_timeout
         self.stall_warn_after = stall_warn_after
         self.stall_timeout = stall_timeout
+        # Progress is timed only for stall detection: one clock read less per start and end.
+        self.watch_stalls = stall_warn_after is not None or stall_timeout is not None
         self.recheck_interval = recheck_interval
         self.priority_aging = priority_aging
         self.keep_finished = keep_finished
@@ -549,7 +551,7 @@ class Scheduler:
         """Put every parked work back into its queue, to be checked when room exists."""
         self._sweep_wanted = False
         self._last_sweep = now
-        self._last_sweep_cost = self._sweep_cost
+        self._last_sweep_cost = self._sweep_cost + self.checks.take_spent()
         self._sweep_cost = 0.0
         parked, self.parked = self.parked, {}
         for work in parked.values():
@@ -585,13 +587,14 @@ class Scheduler:
                     work._where = CHECKING
                     batch.append(work)
                 if checks.active:
-                    begun = time.perf_counter()
-                    if checks.inline:
+                    if checks.inline:  # timed by the checks themselves (take_spent)
                         verdicts = [checks.verdict_now(work) for work in batch]
                     else:
+                        begun = time.perf_counter()
                         verdicts = await checks.evaluate(batch)
-                    self._sweep_cost += time.perf_counter() - begun
+                        self._sweep_cost += time.perf_counter() - begun
                     blocked = False
+                    parked = 0
                     for work, (verdict, details) in zip(batch, verdicts):
                         if work._where != CHECKING:
                             continue  # cancelled while its checks ran
@@ -600,11 +603,16 @@ class Scheduler:
                                 blocked = True
                                 self._enqueue(work, self.clock())
                         elif verdict == "skip":
-                            await self._skip(work, service)
+                            self._skip(work, service)
                         else:
                             self._park(work, verdict, details)
+                            parked += 1
                     if blocked:
                         break
+                    if parked:
+                        # A long walk over work that is not ready yet: let the runners just
+                        # started (and everything else) go on between batches.
+                        await anyio.lowlevel.checkpoint()
                 else:
                     for index, work in enumerate(batch):
                         if not self._start(work, service):
@@ -785,7 +793,9 @@ class Scheduler:
         self._launch(work, service, *admitted)
         return True
 
-    def _launch(self, work: WorkUnit, service: Service, borrower: object, thread_slot: bool) -> None:
+    def _launch(
+        self, work: WorkUnit, service: Service, borrower: object, thread_slot: bool
+    ) -> None:
         """Run an admitted work: on the service's idle runner when it has one (one wake-up,
         like a stream hop), else in a new runner task."""
         spare: _Spare | None = service.spare
@@ -841,8 +851,9 @@ class Scheduler:
         service.started += 1
         if service.running > service.max_running:
             service.max_running = service.running
-        self.last_progress = self.clock()
-        self.stall_warned = False
+        if self.watch_stalls:
+            self.last_progress = self.clock()
+            self.stall_warned = False
         if self.listeners:
             self.emit("started", work, f"attempt {work.attempt}")
 
@@ -990,7 +1001,10 @@ class Scheduler:
                         await self.store.pause(lease[0], error.retry_after)
                 except Exception as exc:
                     logger.warning("runcue: giving lease %s back failed (%r)", lease[1], exc)
-        await self._conclude(work, service, result, error, duration)
+        if error is None and self.hooks.on_complete is None and not work._cancel_requested:
+            self._completed(work, service, result, duration)  # the common case: no await
+        else:
+            await self._conclude(work, service, result, error, duration)
         return call if still_running else None
 
     async def _invoke(self, spec: TaskSpec, work: WorkUnit, call: _ThreadCall | None) -> Any:
@@ -1074,35 +1088,48 @@ class Scheduler:
         """Ask one CHECKING work's checks; True when it should start now. Otherwise it was
         skipped, parked, or cancelled while its checks ran."""
         checks = self.checks
-        begun = time.perf_counter()
         if checks.inline:
-            verdict, details = checks.verdict_now(work)
-        else:
-            ((verdict, details),) = await checks.evaluate([work])
+            return self._settle(work, service, checks.verdict_now(work))
+        begun = time.perf_counter()
+        (verdict,) = await checks.evaluate([work])
         self._sweep_cost += time.perf_counter() - begun
+        return self._settle(work, service, verdict)
+
+    def _settle(self, work: WorkUnit, service: Service, verdict: Verdict) -> bool:
+        """Act on a CHECKING work's verdict: True when it should start now; otherwise it is
+        skipped or parked (or was cancelled while its checks ran)."""
         if work._where != CHECKING:
             return False  # cancelled while its checks ran
-        if verdict == "skip":
-            await self._skip(work, service)
-            return False
-        if verdict != "run":
-            self._park(work, verdict, details)
-            return False
-        return True
+        if verdict is RUN:
+            return True
+        kind, details = verdict
+        if kind == "skip":
+            self._skip(work, service)
+        elif kind == "run":
+            return True
+        else:
+            self._park(work, kind, details)
+        return False
 
     async def _take_next(self, service: Service) -> tuple[WorkUnit, object, bool] | None:
         checks = self.checks
+        active = checks.active
         while service.queued and not self.closing and self.store is None:
-            if checks.active and not checks.runs_here:
-                break  # the scheduler asks the checks in batches (in a worker thread)
-            if checks.active and service.free_slots(self.clock) <= 0:
-                break  # no room: do not ask checks for nothing (_admit re-checks room anyway)
+            if active:
+                if not checks.runs_here:
+                    break  # the scheduler asks the checks in batches (in a worker thread)
+                if service.free_slots(self.clock) <= 0:
+                    break  # no room: do not ask checks for nothing (_admit re-checks anyway)
             work = self._pop(service)
             if work is None:
                 break
-            if checks.active:
+            if active:
                 work._where = CHECKING
-                if not await self._check_one(work, service):
+                if checks.inline:
+                    # The common case without a coroutine: sync checks asked right here.
+                    if not self._settle(work, service, checks.verdict_now(work)):
+                        continue
+                elif not await self._check_one(work, service):
                     continue
             admitted = self._admit(work, service)
             if admitted is None:
@@ -1134,14 +1161,20 @@ class Scheduler:
         hooks = self.hooks
         if self.async_hooks and service.queued:
             self.wake()  # its slot is free; an async callback below must not keep it idle
+        if error is None and not work._cancel_requested:
+            self._completed(work, service, result, duration)
+            if hooks.on_complete is not None:
+                await self._report("on_complete", hooks.on_complete, work, result, duration)
+            return
         spec: TaskSpec = work._task
         self.running -= 1
         service.running -= 1
-        self.last_progress = self.clock()
-        self.stall_warned = False
+        if self.watch_stalls:
+            self.last_progress = self.clock()
+            self.stall_warned = False
         if self.running <= 1:
             self._check_idle()
-        if work._cancel_requested:
+        if work._cancel_requested or error is None:
             self._finish(
                 work,
                 WorkState.CANCELLED,
@@ -1150,13 +1183,6 @@ class Scheduler:
             self.cancelled += 1
             if hooks.on_cancel is not None:
                 self._report_soon("on_cancel", hooks.on_cancel, work)  # not in the cancelled scope
-            return
-        if error is None:
-            service.completed += 1
-            self.completed += 1
-            self._finish(work, WorkState.COMPLETED, result=result, duration=duration)
-            if hooks.on_complete is not None:
-                await self._report("on_complete", hooks.on_complete, work, result, duration)
             return
         if isinstance(error, RateLimited):
             now = self.clock()
@@ -1201,6 +1227,19 @@ class Scheduler:
         if hooks.on_failure is not None:
             await self._report("on_failure", hooks.on_failure, work, error)
 
+    def _completed(self, work: WorkUnit, service: Service, result: Any, duration: float) -> None:
+        """Bookkeeping for an attempt that returned (its on_complete is the caller's)."""
+        self.running -= 1
+        service.running -= 1
+        if self.watch_stalls:
+            self.last_progress = self.clock()
+            self.stall_warned = False
+        if self.running <= 1:
+            self._check_idle()
+        service.completed += 1
+        self.completed += 1
+        self._finish(work, WorkState.COMPLETED, result, None, duration)
+
     def _back_to_pending(self, work: WorkUnit, now: float) -> bool:
         """Make a finished attempt pending again; False (and cancelled) when the cue stops."""
         work.state = WorkState.PENDING
@@ -1233,12 +1272,13 @@ class Scheduler:
             self.failed += 1
         self._finish(work, state, exception=error)
 
-    async def _skip(self, work: WorkUnit, service: Service) -> None:
+    def _skip(self, work: WorkUnit, service: Service) -> None:
         service.skipped += 1
         self.skipped += 1
         work.skipped = True
-        self.last_progress = self.clock()
-        self.stall_warned = False
+        if self.watch_stalls:
+            self.last_progress = self.clock()
+            self.stall_warned = False
         self._finish(work, WorkState.COMPLETED)
         if self.hooks.on_skip is not None:
             self._report_soon("on_skip", self.hooks.on_skip, work)
@@ -1247,7 +1287,6 @@ class Scheduler:
         self,
         work: WorkUnit,
         state: WorkState,
-        *,
         result: Any = None,
         exception: BaseException | None = None,
         duration: float | None = None,
