@@ -182,11 +182,13 @@ async def test_renew_keeps_a_lease_and_never_revives_an_expired_one(server: Redi
     """Renewal keeps a live lease past its TTL; renewing an expired lease does not take back
     the slot somebody else holds now."""
     one, two = make_store(server), make_store(server)
-    assert await one.acquire("api", windows=(), concurrent=1, lease="a", ttl=0.3) == 0
-    renewed_until = time.monotonic() + 0.7
-    while time.monotonic() < renewed_until:  # over two TTLs, renewed every third of one
-        await one.renew("api", ["a"], 0.3)
-        assert await two.acquire("api", windows=(), concurrent=1, lease="b", ttl=0.3) > 0
+    # TTL 0.6 s, renewed every 0.1 s: only a stall of half a second (a loaded CI machine)
+    # could let it lapse between two renewals.
+    assert await one.acquire("api", windows=(), concurrent=1, lease="a", ttl=0.6) == 0
+    renewed_until = time.monotonic() + 1.3
+    while time.monotonic() < renewed_until:  # over two TTLs
+        await one.renew("api", ["a"], 0.6)
+        assert await two.acquire("api", windows=(), concurrent=1, lease="b", ttl=0.6) > 0
         await anyio.sleep(0.1)
     with anyio.fail_after(5):  # stop renewing: "a" expires and "b" gets the slot
         while await two.acquire("api", windows=(), concurrent=1, lease="b", ttl=5) > 0:

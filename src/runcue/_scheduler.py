@@ -14,9 +14,11 @@ Where a pending work unit is (``work._where``):
   when room exists, right before it would start, so they see the freshest artifacts and work
   behind a full service costs no check calls at all.
 - ``PARKED``: ``is_ready`` said no (or a check raised). A sweep puts every parked work back
-  into its queue; sweeps follow completions (at most one per scheduler wake-up, and spaced so
-  that re-asking takes at most about a quarter of the time), ``cue.poke()``, and the periodic
-  ``recheck_interval`` (stretched so background rechecks stay under about 2 % of a core).
+  into its queue; sweeps follow completions (at most one per scheduler wake-up, and, while
+  work runs, spaced so that re-asking takes at most about a quarter of the time; with nothing
+  running, at once), ``cue.poke()``, and the periodic ``recheck_interval`` (stretched so
+  background rechecks stay under about 2 % of a core). A long dispatch lets other tasks run
+  between its batches, so a walk over many waiting works never holds the loop.
 - ``DELAYED``: failed, waiting for its retry backoff to end.
 - ``CHECKING``: its checks are being asked.
 - ``RUNNING``: its handler runs in its own task, inside its own cancel scope.
@@ -232,6 +234,7 @@ class Scheduler:
         self._last_sweep = -math.inf
         self._sweep_cost = 0.0  # check seconds spent since the last sweep
         self._last_sweep_cost = 0.0
+        self._yielded = 0.0  # seconds the current dispatch let other tasks run
 
         self._idle = anyio.Event()
         self._idle.set()
@@ -415,12 +418,15 @@ class Scheduler:
         swept_at = None
         if self.parked and self._sweep_due(now):
             swept_at = time.perf_counter()
+            self._yielded = 0.0
             self._sweep(now)
         if self.queued_services and not self.closing:
             await self._dispatch()
         if swept_at is not None:
-            # What a sweep really costs: the checks it led to and the queue work around them.
-            self._last_sweep_cost = max(self._last_sweep_cost, time.perf_counter() - swept_at)
+            # What a sweep really costs: the checks it led to and the queue work around them
+            # (not the time other tasks ran while the dispatch let them).
+            cost = time.perf_counter() - swept_at - self._yielded
+            self._last_sweep_cost = max(self._last_sweep_cost, cost)
 
     def _next_deadline(self) -> float:
         deadline = math.inf
@@ -430,7 +436,7 @@ class Scheduler:
             deadline = min(deadline, self.deadlines[0][0])
         if self.parked:
             if self._sweep_wanted:
-                deadline = min(deadline, self._last_sweep + SWEEP_BUDGET * self._last_sweep_cost)
+                deadline = min(deadline, self._sweep_wanted_at())
             deadline = min(deadline, self._periodic_sweep_at())
         if self.pending and (self.stall_warn_after is not None or self.stall_timeout is not None):
             if self.stall_warn_after is not None and not self.stall_warned:
@@ -542,8 +548,15 @@ class Scheduler:
         gap = max(self.recheck_interval, PERIODIC_BUDGET * self._last_sweep_cost)
         return self._last_sweep + gap
 
+    def _sweep_wanted_at(self) -> float:
+        """When a sweep that completions asked for may run: spaced by what the last one cost,
+        unless nothing of this cue runs (then waiting would only leave the cue idle)."""
+        if self.running == 0:
+            return -math.inf
+        return self._last_sweep + SWEEP_BUDGET * self._last_sweep_cost
+
     def _sweep_due(self, now: float) -> bool:
-        if self._sweep_wanted and now >= self._last_sweep + SWEEP_BUDGET * self._last_sweep_cost:
+        if self._sweep_wanted and now >= self._sweep_wanted_at():
             return True
         return now >= self._periodic_sweep_at()
 
@@ -609,10 +622,8 @@ class Scheduler:
                             parked += 1
                     if blocked:
                         break
-                    if parked:
-                        # A long walk over work that is not ready yet: let the runners just
-                        # started (and everything else) go on between batches.
-                        await anyio.lowlevel.checkpoint()
+                    if parked or count == BATCH_MAX:
+                        await self._between_batches()
                 else:
                     for index, work in enumerate(batch):
                         if not self._start(work, service):
@@ -621,11 +632,20 @@ class Scheduler:
                                 self._enqueue(rest, now)
                             break
                     else:
+                        if count == BATCH_MAX:
+                            await self._between_batches()
                         continue
                     break
             if service.queued == 0:
                 service.queue.clear()
                 self.queued_services.pop(service, None)
+
+    async def _between_batches(self) -> None:
+        """Let the runners just started (and every other task) go on: a long dispatch, or a
+        long walk over work that is not ready yet, never holds the loop."""
+        paused = time.perf_counter()
+        await anyio.lowlevel.checkpoint()
+        self._yielded += time.perf_counter() - paused
 
     async def _dispatch_with_store(self) -> None:
         """Dispatch one work at a time: claims and shared limits each cost a store round trip.
