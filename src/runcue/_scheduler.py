@@ -591,6 +591,10 @@ class Scheduler:
                 free = service.free_slots(self.clock)
                 if free <= 0:
                     break
+                if checks.active and checks.inline:
+                    if await self._dispatch_inline(service):
+                        continue
+                    break
                 count = int(min(free, service.queued, BATCH_MAX))
                 batch: list[WorkUnit] = []
                 for _ in range(count):
@@ -639,6 +643,33 @@ class Scheduler:
             if service.queued == 0:
                 service.queue.clear()
                 self.queued_services.pop(service, None)
+
+    async def _dispatch_inline(self, service: Service) -> bool:
+        """Start what may start of one service, asking sync checks one work at a time.
+
+        Work that is not ready does not use up the room: the walk goes on until the room is
+        filled or the queue is empty, letting other tasks run every ``BATCH_MAX`` works.
+        Returns True when it stopped only to let them run (call again), False when done.
+        """
+        checks = self.checks
+        clock = self.clock
+        walked = 0
+        while service.queued and not self.closing:
+            if service.free_slots(clock) <= 0:
+                return False
+            work = self._pop(service)
+            if work is None:
+                return False
+            work._where = CHECKING
+            ready = self._settle(work, service, checks.verdict_now(work))
+            if ready and not self._start(work, service):
+                self._enqueue(work, clock())
+                return False
+            walked += 1
+            if walked >= BATCH_MAX:
+                await self._between_batches()
+                return True
+        return False
 
     async def _between_batches(self) -> None:
         """Let the runners just started (and every other task) go on: a long dispatch, or a

@@ -1,0 +1,154 @@
+"""The cue shares the event loop: long bursts of submissions and long walks over waiting work
+let other tasks run, an idle service keeps one runner for its next work, and a sweep that
+completions asked for waits only while work runs."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import runcue
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_long_burst_of_submissions_lets_work_start_before_it_ends() -> None:
+    """20,000 submissions in one loop (no other await): the first works run meanwhile."""
+    burst_over = False
+    started_during_burst = 0
+
+    async with runcue.Cue() as cue:
+
+        @cue.task("noop")
+        async def noop(work: runcue.WorkUnit) -> None:
+            nonlocal started_during_burst
+            if not burst_over:
+                started_during_burst += 1
+
+        for index in range(20_000):
+            await cue.submit("noop", {"i": index})
+        burst_over = True
+        await cue.join()
+        assert cue.stats().completed == 20_000
+    assert started_during_burst > 0
+
+
+async def test_a_submission_after_a_pause_does_not_wait() -> None:
+    """A lone submit() is not a checkpoint: even in a cancelled scope it goes through."""
+    async with runcue.Cue() as cue:
+        ran = anyio.Event()
+
+        @cue.task("noop")
+        async def noop(work: runcue.WorkUnit) -> None:
+            ran.set()
+
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            work_id = await cue.submit("noop")
+        with anyio.fail_after(5):
+            await ran.wait()
+        assert work_id
+
+
+async def test_an_idle_service_reuses_its_runner() -> None:
+    """Works submitted one at a time on an idle service run in the same task."""
+    tasks: list[int] = []
+    async with runcue.Cue() as cue:
+        cue.service("api", concurrent=3)
+
+        @cue.task("probe", uses="api")
+        async def probe(work: runcue.WorkUnit) -> None:
+            tasks.append(anyio.get_current_task().id)
+
+        for index in range(5):
+            await cue.submit("probe", {"i": index})
+            with anyio.fail_after(5):
+                await cue.join()
+    assert len(tasks) == 5
+    assert len(set(tasks)) == 1
+
+
+async def test_a_spare_runner_ends_with_the_cue() -> None:
+    """The idle runner does not keep the cue open, on exit or on stop()."""
+    with anyio.fail_after(5):
+        async with runcue.Cue() as cue:
+
+            @cue.task("noop")
+            async def noop(work: runcue.WorkUnit) -> None:
+                return None
+
+            await cue.submit("noop")
+            await cue.join()
+        cue2 = runcue.Cue()
+        cue2.task("noop")(noop)
+        cue2.start()
+        await cue2.submit("noop")
+        await cue2.join()
+        await cue2.stop()
+    assert cue.stats().completed == cue2.stats().completed == 1
+
+
+async def test_a_long_walk_over_waiting_work_lets_other_tasks_run() -> None:
+    """5,000 not-ready works, submitted before the cue starts, are all asked in its first
+    dispatch; a ticking task runs in between."""
+    ticks = 0
+    seen: list[int] = []
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    cue = runcue.Cue()
+
+    @cue.task("wait")
+    async def wait(work: runcue.WorkUnit) -> None:
+        return None
+
+    @cue.is_ready
+    def never(work: runcue.WorkUnit) -> bool:
+        seen.append(ticks)
+        return False
+
+    for index in range(5_000):
+        await cue.submit("wait", {"i": index})  # before start: they wait in the intake
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        async with cue:
+            with anyio.fail_after(10):
+                while len(seen) < 5_000:
+                    await anyio.sleep(0.01)
+            await cue.stop()
+        tg.cancel_scope.cancel()
+    first_walk = seen[:5_000]
+    assert first_walk[-1] > first_walk[0], "the walk held the loop from start to end"
+
+
+async def test_a_completion_sweep_runs_at_once_when_nothing_runs() -> None:
+    """Even after a costly sweep, the work a completion made ready starts without waiting
+    out the sweep spacing when nothing else runs."""
+    produced = anyio.Event()
+    async with runcue.Cue(recheck_interval=3600) as cue:
+
+        @cue.task("produce")
+        async def produce(work: runcue.WorkUnit) -> None:
+            produced.set()
+
+        @cue.task("consume")
+        async def consume(work: runcue.WorkUnit) -> None:
+            return None
+
+        @cue.is_ready
+        def ready(work: runcue.WorkUnit) -> bool:
+            return work.task != "consume" or produced.is_set()
+
+        consumer = await cue.submit("consume")
+        with anyio.fail_after(5):
+            while cue._engine.parked == {}:
+                await anyio.sleep(0.001)
+        cue._engine._last_sweep_cost = 3600.0  # as if the last sweep had taken an hour
+        await cue.submit("produce")
+        with anyio.fail_after(5):
+            await cue.wait(consumer)
