@@ -4,6 +4,8 @@ completions asked for waits only while work runs."""
 
 from __future__ import annotations
 
+import contextvars
+
 import anyio
 import anyio.lowlevel
 import pytest
@@ -52,21 +54,23 @@ async def test_a_submission_after_a_pause_does_not_wait() -> None:
 
 
 async def test_an_idle_service_reuses_its_runner() -> None:
-    """Works submitted one at a time on an idle service run in the same task."""
-    tasks: list[int] = []
+    """Works submitted one at a time on an idle service run in the same task: a context
+    variable set by the first handler is still set for the later ones."""
+    marker: contextvars.ContextVar[int] = contextvars.ContextVar("marker", default=0)
+    seen: list[int] = []
     async with runcue.Cue() as cue:
         cue.service("api", concurrent=3)
 
         @cue.task("probe", uses="api")
         async def probe(work: runcue.WorkUnit) -> None:
-            tasks.append(anyio.get_current_task().id)
+            seen.append(marker.get())
+            marker.set(marker.get() + 1)
 
         for index in range(5):
             await cue.submit("probe", {"i": index})
             with anyio.fail_after(5):
                 await cue.join()
-    assert len(tasks) == 5
-    assert len(set(tasks)) == 1
+    assert seen == [0, 1, 2, 3, 4]
 
 
 async def test_a_spare_runner_ends_with_the_cue() -> None:
