@@ -526,9 +526,11 @@ class Scheduler:
             self.parked_precise.pop(work.id, None)
         work._where = NOWHERE
 
-    def _park(self, work: WorkUnit, reason: str, details: str) -> None:
+    def _park(self, work: WorkUnit, verdict: Verdict) -> None:
+        """Keep a work that may not start yet (``verdict``: why) until a sweep or a wake-up."""
+        reason, details = verdict
         work._where = PARKED
-        work._blocked = (reason, details)
+        work._blocked = verdict  # the checks' shared tuples: no allocation per waiting work
         precise = False
         if reason == "not_ready" and work._missing:
             for item in work._missing:
@@ -603,26 +605,24 @@ class Scheduler:
                         break
                     work._where = CHECKING
                     batch.append(work)
-                if checks.active:
-                    if checks.inline:  # timed by the checks themselves (take_spent)
-                        verdicts = [checks.verdict_now(work) for work in batch]
-                    else:
-                        begun = time.perf_counter()
-                        verdicts = await checks.evaluate(batch)
-                        self._sweep_cost += time.perf_counter() - begun
+                if checks.active:  # in a worker thread, or async: one batch at a time
+                    begun = time.perf_counter()
+                    verdicts = await checks.evaluate(batch)
+                    self._sweep_cost += time.perf_counter() - begun
                     blocked = False
                     parked = 0
-                    for work, (verdict, details) in zip(batch, verdicts):
+                    for work, verdict in zip(batch, verdicts):
                         if work._where != CHECKING:
                             continue  # cancelled while its checks ran
-                        if verdict == "run":
+                        kind = verdict[0]
+                        if kind == "run":
                             if blocked or not self._start(work, service):
                                 blocked = True
                                 self._enqueue(work, self.clock())
-                        elif verdict == "skip":
+                        elif kind == "skip":
                             self._skip(work, service)
                         else:
-                            self._park(work, verdict, details)
+                            self._park(work, verdict)
                             parked += 1
                     if blocked:
                         break
@@ -1153,13 +1153,13 @@ class Scheduler:
             return False  # cancelled while its checks ran
         if verdict is RUN:
             return True
-        kind, details = verdict
+        kind = verdict[0]
         if kind == "skip":
             self._skip(work, service)
         elif kind == "run":
             return True
         else:
-            self._park(work, kind, details)
+            self._park(work, verdict)
         return False
 
     async def _take_next(self, service: Service) -> tuple[WorkUnit, object, bool] | None:
