@@ -690,3 +690,155 @@ async def test_r21_async_priority_callback_is_rejected(make_cue: CueFactory) -> 
         return 1.0
 
     assert cue.priority(sync_priority) is sync_priority
+
+
+# --------------------------------------------------- second review (spare runners, sweeps)
+
+
+async def test_t2_stop_from_a_handler_on_a_runner_started_by_a_callback(
+    make_cue: CueFactory,
+) -> None:
+    """A runner spawned from an async on_complete (which runs as a callback) may later run,
+    as the service's idle runner, a handler that calls stop(): that stop() returns."""
+    cue = make_cue()
+    cue.service("t")
+    stopped = anyio.Event()
+
+    @cue.task("a")
+    async def a(work: runcue.WorkUnit) -> int:
+        return 1
+
+    @cue.task("b", uses="t")
+    async def b(work: runcue.WorkUnit) -> int:
+        if work.params.get("stop"):
+            await cue.stop()
+            stopped.set()
+        return 2
+
+    @cue.on_complete
+    async def follow_up(work: runcue.WorkUnit, result: object, duration: float) -> None:
+        if work.task == "a":
+            await cue.submit("b", {"i": 0})  # spawns the runner of "t" from this callback
+
+    with anyio.fail_after(10):
+        async with cue:
+            await cue.submit("a")
+            await cue.join()
+            await cue.submit("b", {"stop": True})  # runs on that runner, now idle
+            await stopped.wait()
+
+
+async def test_t3_skips_with_nothing_running_do_not_resweep_every_time(
+    make_cue: CueFactory,
+) -> None:
+    """300 parked works, then 300 works skipped one by one with nothing running: the parked
+    works are re-asked a bounded number of times, not once per skip."""
+    cue = make_cue(recheck_interval=60)
+    parked = 300
+    asked = 0
+    waiting = anyio.Event()
+
+    @cue.task("wait")
+    async def wait(work: runcue.WorkUnit) -> None:
+        return None
+
+    @cue.task("skipme")
+    async def skipme(work: runcue.WorkUnit) -> None:
+        return None
+
+    @cue.is_ready
+    def ready(work: runcue.WorkUnit) -> bool:
+        nonlocal asked
+        if work.task == "wait":
+            asked += 1
+            if asked >= parked:
+                waiting.set()
+            return False
+        return True
+
+    @cue.is_stale
+    def stale(work: runcue.WorkUnit) -> bool:
+        return work.task != "skipme"
+
+    with anyio.fail_after(20):
+        async with cue:
+            for index in range(parked):
+                await cue.submit("wait", {"i": index})
+            await waiting.wait()
+            before = asked
+            for index in range(parked):
+                work_id = await cue.submit("skipme", {"i": index})
+                await cue.wait(work_id)
+            await cue.stop(timeout=0)
+    # Spaced sweeps: well under one full re-ask per skip (that would be 90,000 calls).
+    assert asked - before < parked * parked // 4
+
+
+async def test_t5_cancel_of_a_retried_work_never_reaches_its_old_runner(
+    make_cue: CueFactory,
+) -> None:
+    """A retried work handed to another runner, cancelled before that runner starts it, ends
+    cancelled itself; the work its old runner went on with is not touched."""
+    cue = make_cue()
+    cue.service("s", concurrent=1)
+    attempts = 0
+    x_started = anyio.Event()
+
+    @cue.task("a", uses="s", retry=2, backoff=runcue.Backoff(base=0.05, jitter=False))
+    async def a(work: runcue.WorkUnit) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise ValueError("the first attempt fails")
+        await anyio.sleep(30)
+
+    @cue.task("x", uses="s")
+    async def x(work: runcue.WorkUnit) -> str:
+        x_started.set()
+        await anyio.sleep(0.3)
+        return "x done"
+
+    with anyio.fail_after(20):
+        async with cue, anyio.create_task_group() as tg:
+
+            def listener(event: runcue.WorkEvent) -> None:
+                if event.kind == "started" and event.work.task == "a" and event.work.attempt >= 2:
+                    tg.start_soon(cue.cancel, event.work.id)
+
+            cue.subscribe(listener)
+            a_id = await cue.submit("a")
+            x_id = await cue.submit("x")  # the runner of "a" takes it after "a" fails
+            await x_started.wait()
+            cue.service("s", concurrent=2)  # now a's retry starts on another runner
+            await cue.join()
+            assert (await cue.get(x_id)).state is runcue.WorkState.COMPLETED  # type: ignore[union-attr]
+            assert (await cue.get(a_id)).state is runcue.WorkState.CANCELLED  # type: ignore[union-attr]
+
+
+async def test_t1_stop_with_timeout_cancels_work_not_started_yet(make_cue: CueFactory) -> None:
+    """stop(timeout=0) right after a submit that went to a runner (idle or new) cancels it
+    before its handler runs, instead of waiting for the whole handler."""
+    for warm in (False, True):
+        cue = make_cue()
+        cue.service("s", concurrent=4)
+        slow_ran = False
+
+        @cue.task("fast", uses="s")
+        async def fast(work: runcue.WorkUnit) -> None:
+            return None
+
+        @cue.task("slow", uses="s")
+        async def slow(work: runcue.WorkUnit) -> None:
+            nonlocal slow_ran
+            slow_ran = True
+            await anyio.sleep(30)
+
+        with anyio.fail_after(10):
+            async with cue:
+                if warm:
+                    await cue.wait(await cue.submit("fast"))  # leaves an idle runner on "s"
+                work_id = await cue.submit("slow")
+                await cue.stop(timeout=0)
+                work = await cue.get(work_id)
+                assert work is not None
+                assert work.state is runcue.WorkState.CANCELLED

@@ -18,7 +18,9 @@ Where a pending work unit is (``work._where``):
   work runs, spaced so that re-asking takes at most about a quarter of the time; with nothing
   running, at once), ``cue.poke()``, and the periodic ``recheck_interval`` (stretched so
   background rechecks stay under about 2 % of a core). A long dispatch lets other tasks run
-  between its batches, so a walk over many waiting works never holds the loop.
+  between its batches, so a walk over many waiting works never holds the loop. Declared work
+  is never swept by completions: it waits for precisely its inputs' producers, or, for an
+  input no live work produces, for the periodic recheck and ``poke()``.
 - ``DELAYED``: failed, waiting for its retry backoff to end.
 - ``CHECKING``: its checks are being asked.
 - ``RUNNING``: its handler runs in its own task, inside its own cancel scope.
@@ -79,6 +81,7 @@ BATCH_MAX = 256  # most work units checked in one go per service
 SWEEP_BUDGET = 3.0  # completion sweeps wait >= this x the check time the last sweep cost
 PERIODIC_BUDGET = 50.0  # periodic sweeps wait >= this x the check time the last sweep cost
 _WARN, _TIMEOUT = 0, 1
+MAX_SPARES = 128  # most idle runners a service keeps (see Scheduler._runner)
 RUNNER_NAME = "runcue runner"  # given to start_soon: naming a task from its function costs more
 
 
@@ -208,6 +211,10 @@ class Scheduler:
         # Declared work waiting for an input that live work will produce: woken precisely
         # when that producer finishes, never swept (see _park).
         self.parked_precise: dict[str, WorkUnit] = {}
+        # Declared work waiting for an input no live work produces: only the world outside
+        # can make it ready, so completions do not sweep it; periodic rechecks and poke() do.
+        self.parked_orphans: dict[str, WorkUnit] = {}
+        self._last_orphan_sweep = -math.inf
         self.producers: dict[Any, dict[str, WorkUnit]] = {}  # output key -> live producers
         self.waiting_on: dict[Any, dict[str, WorkUnit]] = {}  # input key -> parked consumers
         checks.producers = self.producers
@@ -235,6 +242,7 @@ class Scheduler:
         self._sweep_cost = 0.0  # check seconds spent since the last sweep
         self._last_sweep_cost = 0.0
         self._yielded = 0.0  # seconds the current dispatch let other tasks run
+        self._handler_finished = False  # a handler returned or raised since the last sweep
 
         self._idle = anyio.Event()
         self._idle.set()
@@ -278,6 +286,7 @@ class Scheduler:
         self._runner_scope = _backend.runner_scope()
         now = self.clock()
         self.started_at = self.last_progress = self._last_sweep = now
+        self._last_orphan_sweep = now
         self._threads = anyio.CapacityLimiter(self.max_threads)
         self._run_threads = anyio.CapacityLimiter(math.inf)
         for service in self.services.values():
@@ -323,7 +332,10 @@ class Scheduler:
             for dependent in self.waiting_on.get(key, {}).values():
                 # It waited for an input nobody produced; now this work will: wake it
                 # precisely when this one finishes instead of sweeping it.
-                if self.parked.pop(dependent.id, None) is not None:
+                if (
+                    self.parked.pop(dependent.id, None) is not None
+                    or self.parked_orphans.pop(dependent.id, None) is not None
+                ):
                     self.parked_precise[dependent.id] = dependent
         if self._is_idle:
             self._is_idle = False
@@ -340,13 +352,16 @@ class Scheduler:
         service = self.services[work._task.service]
         if (
             not service.queued
+            and not service.waking
             and not self.checks.active
             and self.store is None
             and not self.closing
             and self.tg is not None
         ):
             # Nothing to ask and nothing ahead of it: start it now if the limits allow,
-            # without a round trip through the scheduler.
+            # without a round trip through the scheduler. (While a spare runner is already
+            # being woken, the work queues instead: that runner takes it when it runs, or the
+            # scheduler hands it on, so a burst of submissions costs one wake-up, not one each.)
             slots = self._admit(work, service)
             if slots is not None:
                 self._launch(work, service, *slots)
@@ -370,7 +385,9 @@ class Scheduler:
     def poke(self) -> None:
         """Recheck every parked work now."""
         self.parked.update(self.parked_precise)
+        self.parked.update(self.parked_orphans)
         self.parked_precise.clear()
+        self.parked_orphans.clear()
         self._sweep_wanted = True
         self._last_sweep = -math.inf
         self.wake()
@@ -416,7 +433,13 @@ class Scheduler:
         if self.stall_warn_after is not None or self.stall_timeout is not None:
             await self._check_stall(now)
         swept_at = None
-        if self.parked and self._sweep_due(now):
+        due = False
+        if self.parked_orphans and now >= self._orphan_sweep_at():
+            self.parked.update(self.parked_orphans)
+            self.parked_orphans.clear()
+            self._last_orphan_sweep = now
+            due = True
+        if self.parked and (due or self._sweep_due(now)):
             swept_at = time.perf_counter()
             self._yielded = 0.0
             self._sweep(now)
@@ -438,6 +461,8 @@ class Scheduler:
             if self._sweep_wanted:
                 deadline = min(deadline, self._sweep_wanted_at())
             deadline = min(deadline, self._periodic_sweep_at())
+        if self.parked_orphans:
+            deadline = min(deadline, self._orphan_sweep_at())
         if self.pending and (self.stall_warn_after is not None or self.stall_timeout is not None):
             if self.stall_warn_after is not None and not self.stall_warned:
                 deadline = min(deadline, self.last_progress + self.stall_warn_after)
@@ -524,6 +549,7 @@ class Scheduler:
         elif where == PARKED:
             self.parked.pop(work.id, None)
             self.parked_precise.pop(work.id, None)
+            self.parked_orphans.pop(work.id, None)
         work._where = NOWHERE
 
     def _park(self, work: WorkUnit, verdict: Verdict) -> None:
@@ -541,20 +567,27 @@ class Scheduler:
                     precise = True
         if precise:
             self.parked_precise[work.id] = work
+        elif work._missing and reason == "not_ready":
+            self.parked_orphans[work.id] = work
         else:
             self.parked[work.id] = work
         if self.listeners:
             self.emit("waiting", work, f"{reason}: {details}")
+
+    def _orphan_sweep_at(self) -> float:
+        gap = max(self.recheck_interval, PERIODIC_BUDGET * self._last_sweep_cost)
+        return self._last_orphan_sweep + gap
 
     def _periodic_sweep_at(self) -> float:
         gap = max(self.recheck_interval, PERIODIC_BUDGET * self._last_sweep_cost)
         return self._last_sweep + gap
 
     def _sweep_wanted_at(self) -> float:
-        """When a sweep that completions asked for may run: spaced by what the last one cost,
-        unless nothing of this cue runs (then waiting would only leave the cue idle)."""
-        if self.running == 0:
-            return -math.inf
+        """When a sweep that completions asked for may run: spaced so that re-asking takes at
+        most about a quarter of the time -- or half of it once a handler finished and nothing
+        of this cue runs any more (waiting longer would only leave the cue idle)."""
+        if self.running == 0 and self._handler_finished:
+            return self._last_sweep + self._last_sweep_cost
         return self._last_sweep + SWEEP_BUDGET * self._last_sweep_cost
 
     def _sweep_due(self, now: float) -> bool:
@@ -565,6 +598,7 @@ class Scheduler:
     def _sweep(self, now: float) -> None:
         """Put every parked work back into its queue, to be checked when room exists."""
         self._sweep_wanted = False
+        self._handler_finished = False
         self._last_sweep = now
         self._last_sweep_cost = self._sweep_cost + self.checks.take_spent()
         self._sweep_cost = 0.0
@@ -849,10 +883,10 @@ class Scheduler:
     ) -> None:
         """Run an admitted work: on the service's idle runner when it has one (one wake-up,
         like a stream hop), else in a new runner task."""
-        spare: _Spare | None = service.spare
-        if spare is not None:
-            service.spare = None
+        if service.spares:
+            spare: _Spare = service.spares.pop()  # the latest to go idle: its memory is warm
             spare.work = (work, borrower, thread_slot)
+            service.waking += 1
             spare.event.set()
             return
         assert self.tg is not None
@@ -894,6 +928,7 @@ class Scheduler:
 
     def _mark_running(self, work: WorkUnit, service: Service) -> None:
         work._where = RUNNING
+        work._scope = None  # set by its runner once it runs
         work.state = WorkState.RUNNING
         work.started_at = time.time()
         work._blocked = None
@@ -920,12 +955,14 @@ class Scheduler:
         One cancel scope covers the attempts of a runner until ``cancel()`` cancels the one
         running (``work._scope``); the runner then leaves that scope and opens a fresh one.
 
-        A runner that finds nothing to take stays as its service's spare (one per service, no
-        timer, so an idle cue still costs no CPU) until the scheduler hands it the next work
-        that may start: a start on an idle service then costs one wake-up instead of a new
-        task. Spares end with the cue's task group.
+        A runner that finds nothing to take stays as one of its service's spares (up to the
+        service's ``concurrent``, at most ``MAX_SPARES``; no timer, so an idle cue still costs
+        no CPU) until the scheduler hands it the next work that may start: a start on an idle
+        service, or work trickling in as fast as it runs, then costs one wake-up instead of a
+        new task. Spares end with the cue's task group.
         """
         IN_RUNNER.set(True)
+        IN_REPORT.set(False)  # spawned from a callback's task, it runs handlers, not callbacks
         following: tuple[WorkUnit, object, bool] | None = (work, borrower, thread_slot)
         while following is not None:
             scope = self._runner_scope()
@@ -941,6 +978,10 @@ class Scheduler:
                     if scope.cancel_called or held is not None:
                         break
                     following = await self._take_next(service)
+                    if following is None:
+                        # Idle in this same scope: nothing can cancel it meanwhile (cancel()
+                        # reaches a work's scope only once the work is handed over).
+                        following = await self._wait_as_spare(service)
             if held is not None:
                 try:
                     assert held.done is not None
@@ -955,16 +996,20 @@ class Scheduler:
 
     async def _wait_as_spare(self, service: Service) -> tuple[WorkUnit, object, bool] | None:
         """Wait as the service's idle runner; the work handed over, or None to end now."""
-        if service.spare is not None or self.closing:
+        spares = service.spares
+        if self.closing or len(spares) >= min(service.concurrent or MAX_SPARES, MAX_SPARES):
             return None
-        spare = service.spare = _Spare()
+        spare = _Spare()
+        spares.append(spare)
         try:
             await spare.event.wait()
         except BaseException as exc:
+            if spare.work is not None:
+                service.waking -= 1
             # The cue is going away. A work handed over in the same moment was admitted
             # (marked running, slots taken): account for it as interrupted.
-            if service.spare is spare:
-                service.spare = None
+            if spare in spares:
+                spares.remove(spare)
             if spare.work is not None:
                 work, borrower, thread_slot = spare.work
                 rate = None if service.shared else service.rate
@@ -972,6 +1017,7 @@ class Scheduler:
                     work, service, borrower, thread_slot, self._runner_scope(), None, rate, exc
                 )
             raise
+        service.waking -= 1
         return spare.work
 
     async def _attempt(
@@ -1220,6 +1266,7 @@ class Scheduler:
         spec: TaskSpec = work._task
         self.running -= 1
         service.running -= 1
+        self._handler_finished = True
         if self.watch_stalls:
             self.last_progress = self.clock()
             self.stall_warned = False
@@ -1282,6 +1329,7 @@ class Scheduler:
         """Bookkeeping for an attempt that returned (its on_complete is the caller's)."""
         self.running -= 1
         service.running -= 1
+        self._handler_finished = True
         if self.watch_stalls:
             self.last_progress = self.clock()
             self.stall_warned = False
@@ -1295,6 +1343,7 @@ class Scheduler:
         """Make a finished attempt pending again; False (and cancelled) when the cue stops."""
         work.state = WorkState.PENDING
         work._where = NOWHERE
+        work._scope = None  # its runner goes on with other work: cancel() must not reach it
         if self.closing:
             self._finish(
                 work,
@@ -1410,6 +1459,7 @@ class Scheduler:
                 if dependent._where == PARKED:
                     self.parked.pop(dependent.id, None)
                     self.parked_precise.pop(dependent.id, None)
+                    self.parked_orphans.pop(dependent.id, None)
                     self._enqueue(dependent, now)
                     woke = True
         if woke:
@@ -1543,9 +1593,12 @@ class Scheduler:
 
     def cancel_running(self) -> None:
         for work in list(self.works.values()):
-            if work.state is WorkState.RUNNING and work._scope is not None:
+            if work.state is WorkState.RUNNING:
+                # Also work handed to a runner that has not started it yet (no scope yet):
+                # the runner sees the request before calling its handler.
                 work._cancel_requested = True
-                work._scope.cancel()
+                if work._scope is not None:
+                    work._scope.cancel()
 
     async def _report(self, name: str, hook: Callable[..., Any], *args: Any) -> None:
         """Call an event callback; join() and stop() wait until it returned."""

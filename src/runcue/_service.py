@@ -70,10 +70,11 @@ class Service:
         "shared",
         "shared_wait_until",
         "skipped",
-        "spare",
+        "spares",
         "started",
         "store_backoff",
         "store_error",
+        "waking",
     )
 
     def __init__(self, name: str, *, clock: Callable[[], float]) -> None:
@@ -95,7 +96,8 @@ class Service:
         self.failed = 0
         self.skipped = 0
         self.retried = 0
-        self.spare: Any = None  # an idle runner of this service waiting for work (the scheduler's)
+        self.spares: list[Any] = []  # idle runners of this service waiting for work (scheduler's)
+        self.waking = 0  # spares handed a work that have not resumed yet
         self.shared = False  # limits kept in the cue's store, for every process
         self.shared_wait_until = -math.inf
         self.store_error: str | None = None
