@@ -896,3 +896,40 @@ async def test_touched_input_rebuilds_its_downstream_chain(
     assert (ran, skipped) == (["b1", "b2"], ["a1", "a2", "c1", "c2"])
     assert (tmp_path / "b").read_text() == "B++"
     assert (tmp_path / "a").read_text() == "a++"
+
+
+async def test_work_waiting_on_an_unproduced_input_is_not_swept_by_completions(
+    make_cue: CueFactory,
+) -> None:
+    """A declared input nobody produces can only appear from outside: 50 unrelated
+    completions do not re-ask for it; poke() (like the periodic recheck) does, and the work
+    then runs."""
+    store = MemoryStore()
+    cue = make_cue(recheck_interval=3600)
+    built = anyio.Event()
+
+    @cue.task(
+        "build",
+        inputs=lambda work: [store.artifact("src", "input")],
+        outputs=lambda work: [store.artifact("out", "output")],
+    )
+    async def build(work: runcue.WorkUnit) -> None:
+        store.write("out")
+        built.set()
+
+    @cue.task("other")
+    async def other(work: runcue.WorkUnit) -> None:
+        return None
+
+    with anyio.fail_after(20):
+        async with cue:
+            await cue.submit("build")
+            while store.exists_calls[("src", "input")] == 0:
+                await anyio.sleep(0.001)
+            before = store.exists_calls[("src", "input")]
+            for index in range(50):
+                await cue.wait(await cue.submit("other", {"i": index}))
+            assert store.exists_calls[("src", "input")] == before
+            store.write("src")  # from outside
+            cue.poke()
+            await built.wait()

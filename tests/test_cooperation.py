@@ -130,9 +130,9 @@ async def test_a_long_walk_over_waiting_work_lets_other_tasks_run() -> None:
     assert first_walk[-1] > first_walk[0], "the walk held the loop from start to end"
 
 
-async def test_a_completion_sweep_runs_at_once_when_nothing_runs() -> None:
-    """Even after a costly sweep, the work a completion made ready starts without waiting
-    out the sweep spacing when nothing else runs."""
+async def test_a_completion_sweep_comes_sooner_when_nothing_runs() -> None:
+    """Once a handler finished and nothing runs, the sweep it asked for waits out only the
+    last sweep's own cost (at most half the time spent re-asking), not three times it."""
     produced = anyio.Event()
     async with runcue.Cue(recheck_interval=3600) as cue:
 
@@ -152,7 +152,11 @@ async def test_a_completion_sweep_runs_at_once_when_nothing_runs() -> None:
         with anyio.fail_after(5):
             while cue._engine.parked == {}:
                 await anyio.sleep(0.001)
-        cue._engine._last_sweep_cost = 3600.0  # as if the last sweep had taken an hour
+        # As if the last sweep, 15 s ago, had taken 10 s: while work runs, the next one
+        # would wait until 30 s after it; with nothing running, it is due already.
+        engine = cue._engine
+        engine._last_sweep = engine.clock() - 15.0
+        engine._last_sweep_cost = 10.0
         await cue.submit("produce")
         with anyio.fail_after(5):
             await cue.wait(consumer)
