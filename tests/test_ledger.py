@@ -238,7 +238,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 elif outcome == "flaky":
                     assert isinstance(exception, ConnectionError), (work_id, exception)
                 else:
-                    assert outcome == "hang", (work_id, outcome, exception)
+                    # A hang on the "free" task times out; so may a "slow" one (a few ms of
+                    # sleep) when the machine stalls past FREE_TIMEOUT (a GC pause, a loaded
+                    # CI host): still one clean HandlerTimeout, never anything else.
+                    assert outcome in ("hang", "slow"), (work_id, outcome, exception)
                     assert task == "free", (work_id, task, exception)
                     assert isinstance(exception, runcue.HandlerTimeout), (work_id, exception)
             elif kind == "cancelled":

@@ -566,6 +566,11 @@ class Cue:
         Work equal to work already pending or running (same task and equal params, or the
         same ``key``) is not queued twice: the existing id is returned.
 
+        A lone call never waits. In a long burst of calls with no other ``await`` in between,
+        one call in every ~2 ms first lets other tasks run (a checkpoint, where a cancelled
+        caller gets its cancellation and nothing is submitted), so started work runs while the
+        rest is still being submitted.
+
         :raises UnknownTaskError: for a task nobody registered.
         :raises TypeError: when params is not a mapping.
         :raises CueStateError: after ``stop()``.

@@ -78,6 +78,7 @@ NOWHERE, INTAKE, QUEUED, PARKED, DELAYED, CHECKING, RUNNING = range(7)
 IN_RUNNER: contextvars.ContextVar[bool] = contextvars.ContextVar("runcue_in_runner", default=False)
 IN_REPORT: contextvars.ContextVar[bool] = contextvars.ContextVar("runcue_in_report", default=False)
 BATCH_MAX = 256  # most work units checked in one go per service
+WALK_SLICE = 0.002  # longest a walk over not-ready work goes on before others may run (s)
 SWEEP_BUDGET = 3.0  # completion sweeps wait >= this x the check time the last sweep cost
 PERIODIC_BUDGET = 50.0  # periodic sweeps wait >= this x the check time the last sweep cost
 _WARN, _TIMEOUT = 0, 1
@@ -629,7 +630,9 @@ class Scheduler:
                     break
                 if checks.active and checks.inline:
                     if await self._dispatch_inline(service):
-                        continue
+                        # It walked a batch and let others run: the other services get their
+                        # turn before this one goes on (the next tick comes back to it).
+                        self.wake()
                     break
                 count = int(min(free, service.queued, BATCH_MAX))
                 batch: list[WorkUnit] = []
@@ -682,12 +685,14 @@ class Scheduler:
         """Start what may start of one service, asking sync checks one work at a time.
 
         Work that is not ready does not use up the room: the walk goes on until the room is
-        filled or the queue is empty, letting other tasks run every ``BATCH_MAX`` works.
+        filled or the queue is empty, letting other tasks run every ``BATCH_MAX`` works (or
+        ``WALK_SLICE`` seconds, when checks are slow or raise and log).
         Returns True when it stopped only to let them run (call again), False when done.
         """
         checks = self.checks
         clock = self.clock
         walked = 0
+        began = time.perf_counter()
         while service.queued and not self.closing:
             if service.free_slots(clock) <= 0:
                 return False
@@ -700,8 +705,8 @@ class Scheduler:
                 self._enqueue(work, clock())
                 return False
             walked += 1
-            if walked >= BATCH_MAX:
-                await self._between_batches()
+            if walked >= BATCH_MAX or time.perf_counter() - began > WALK_SLICE:
+                await self._between_batches()  # (slow checks, or checks that raise and log)
                 return True
         return False
 
@@ -1211,6 +1216,7 @@ class Scheduler:
     async def _take_next(self, service: Service) -> tuple[WorkUnit, object, bool] | None:
         checks = self.checks
         active = checks.active
+        began = time.perf_counter() if active else 0.0
         while service.queued and not self.closing and self.store is None:
             if active:
                 if not checks.runs_here:
@@ -1225,6 +1231,8 @@ class Scheduler:
                 if checks.inline:
                     # The common case without a coroutine: sync checks asked right here.
                     if not self._settle(work, service, checks.verdict_now(work)):
+                        if time.perf_counter() - began > WALK_SLICE:
+                            break  # a long walk: the scheduler goes on with it (woken below)
                         continue
                 elif not await self._check_one(work, service):
                     continue
