@@ -101,7 +101,7 @@ class Cue:
         finished for this long.
     :param recheck_interval: the longest a not-ready work waits before ``is_ready`` is asked
         again when nothing else happens (stretched for very large parked sets so rechecks
-        stay under ~2 % of a core). Completions and ``poke()`` recheck sooner.
+        stay under ~1 % of a core). Completions and ``poke()`` recheck sooner.
     :param priority_aging: seconds of waiting worth one full unit of priority (no starvation).
     :param keep_finished: how many finished work units ``get``/``list``/``wait`` still know
         (oldest forgotten first); None keeps all (memory grows without bound).

@@ -17,7 +17,7 @@ Where a pending work unit is (``work._where``):
   into its queue; sweeps follow completions (at most one per scheduler wake-up, and, while
   work runs, spaced so that re-asking takes at most about a quarter of the time; with nothing
   running, at once), ``cue.poke()``, and the periodic ``recheck_interval`` (stretched so
-  background rechecks stay under about 2 % of a core). A long dispatch lets other tasks run
+  background rechecks stay under about 1 % of a core). A long dispatch lets other tasks run
   between its batches, so a walk over many waiting works never holds the loop. Declared work
   is never swept by completions: it waits for precisely its inputs' producers, or, for an
   input no live work produces, for the periodic recheck and ``poke()``.
@@ -80,7 +80,7 @@ IN_REPORT: contextvars.ContextVar[bool] = contextvars.ContextVar("runcue_in_repo
 BATCH_MAX = 256  # most work units checked in one go per service
 WALK_SLICE = 0.002  # longest a walk over not-ready work goes on before others may run (s)
 SWEEP_BUDGET = 3.0  # completion sweeps wait >= this x the check time the last sweep cost
-PERIODIC_BUDGET = 50.0  # periodic sweeps wait >= this x the check time the last sweep cost
+PERIODIC_BUDGET = 100.0  # periodic sweeps wait >= this x the check time the last sweep cost
 _WARN, _TIMEOUT = 0, 1
 MAX_SPARES = 128  # most idle runners a service keeps (see Scheduler._runner)
 RUNNER_NAME = "runcue runner"  # given to start_soon: naming a task from its function costs more
@@ -629,10 +629,10 @@ class Scheduler:
                 if free <= 0:
                     break
                 if checks.active and checks.inline:
+                    # The whole walk stays in this tick (it lets others run between batches),
+                    # so the tick measures what a sweep really costs and spaces the next one.
                     if await self._dispatch_inline(service):
-                        # It walked a batch and let others run: the other services get their
-                        # turn before this one goes on (the next tick comes back to it).
-                        self.wake()
+                        continue
                     break
                 count = int(min(free, service.queued, BATCH_MAX))
                 batch: list[WorkUnit] = []
