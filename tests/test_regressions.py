@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -842,3 +843,122 @@ async def test_t1_stop_with_timeout_cancels_work_not_started_yet(make_cue: CueFa
                 work = await cue.get(work_id)
                 assert work is not None
                 assert work.state is runcue.WorkState.CANCELLED
+
+
+# ------------------------------------------------------ third review (orphans, fairness)
+
+
+async def test_u1_producer_finishing_during_a_threaded_check_leaves_its_consumer_sweepable(
+    make_cue: CueFactory,
+) -> None:
+    """A consumer whose producer finishes while its input check runs in a thread is not
+    filed as waiting for the outside world: the next completion's sweep starts it."""
+    cue = make_cue(checks="thread", recheck_interval=3600)
+    made: set[str] = set()
+    entered, released = threading.Event(), threading.Event()
+    gate = anyio.Event()
+
+    class Made:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        @property
+        def key(self) -> tuple[str, str]:
+            return ("made", self.name)
+
+        def exists(self) -> bool:
+            return self.name in made
+
+        def mtime(self) -> float | None:
+            return 1.0 if self.name in made else None
+
+    class SlowToAsk:
+        key = ("slow", "input")
+
+        def exists(self) -> bool:
+            entered.set()
+            released.wait(10)  # until the producer has finished
+            return True
+
+        def mtime(self) -> float | None:
+            return 1.0
+
+    producing = anyio.Event()
+
+    @cue.task("produce", outputs=lambda work: [Made("x")])
+    async def produce(work: runcue.WorkUnit) -> None:
+        producing.set()
+        await gate.wait()
+        made.add("x")
+
+    @cue.task("consume", inputs=lambda work: [Made("x"), SlowToAsk()], outputs=lambda w: [])
+    async def consume(work: runcue.WorkUnit) -> str:
+        return "consumed"
+
+    @cue.task("tick")
+    async def tick(work: runcue.WorkUnit) -> None:
+        return None
+
+    @cue.on_complete
+    def finished(work: runcue.WorkUnit, result: object, duration: float) -> None:
+        if work.task == "produce":
+            released.set()
+
+    with anyio.fail_after(10):
+        async with cue:
+            await cue.submit("produce")
+            await producing.wait()
+            consumer = await cue.submit("consume")
+            await anyio.to_thread.run_sync(entered.wait, 10)  # its check is in the thread
+            gate.set()  # the producer finishes while the check waits
+            await anyio.to_thread.run_sync(released.wait, 10)
+            await cue.wait(await cue.submit("tick"))  # an unrelated completion
+            assert await cue.wait(consumer) == "consumed"
+
+
+async def test_u2_a_long_walk_on_one_service_does_not_hold_up_another(
+    make_cue: CueFactory,
+) -> None:
+    """While the scheduler walks 3,000 not-ready works of service A, a work submitted to an
+    idle service B starts before that walk ends."""
+    cue = make_cue(checks="inline", recheck_interval=3600)
+    cue.service("A", concurrent=2)
+    cue.service("B", concurrent=2)
+    total = 3_000
+    asked = 0
+    asked_when_b_started: list[int] = []
+    first_walk, second_walk = anyio.Event(), anyio.Event()
+
+    @cue.task("a", uses="A")
+    async def a(work: runcue.WorkUnit) -> None:
+        return None
+
+    @cue.task("b", uses="B")
+    async def b(work: runcue.WorkUnit) -> None:
+        asked_when_b_started.append(asked)
+
+    @cue.is_ready
+    def ready(work: runcue.WorkUnit) -> bool:
+        nonlocal asked
+        if work.task != "a":
+            return True
+        asked += 1
+        if asked == total:
+            first_walk.set()
+        if asked == total + 10:
+            second_walk.set()
+        end = time.perf_counter() + 50e-6  # a check that costs 50 µs
+        while time.perf_counter() < end:
+            pass
+        return False
+
+    with anyio.fail_after(20):
+        async with cue:
+            for index in range(total):
+                await cue.submit("a", {"i": index})
+            await first_walk.wait()
+            cue.poke()  # a second walk over all of them
+            await second_walk.wait()
+            await cue.wait(await cue.submit("b"))
+            await cue.stop(timeout=0)
+    assert asked_when_b_started[0] < 2 * total

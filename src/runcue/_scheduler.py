@@ -553,7 +553,7 @@ class Scheduler:
             self.parked_orphans.pop(work.id, None)
         work._where = NOWHERE
 
-    def _park(self, work: WorkUnit, verdict: Verdict) -> None:
+    def _park(self, work: WorkUnit, verdict: Verdict, *, asked_inline: bool = True) -> None:
         """Keep a work that may not start yet (``verdict``: why) until a sweep or a wake-up."""
         reason, details = verdict
         work._where = PARKED
@@ -568,7 +568,11 @@ class Scheduler:
                     precise = True
         if precise:
             self.parked_precise[work.id] = work
-        elif work._missing and reason == "not_ready":
+        elif work._missing and reason == "not_ready" and asked_inline:
+            # (Only when no await came between asking and here: a producer that finished
+            # meanwhile may have made the input; then completions' sweeps must see it.)
+            if not self.parked_orphans:
+                self._last_orphan_sweep = self.clock()  # its first recheck: one gap from now
             self.parked_orphans[work.id] = work
         else:
             self.parked[work.id] = work
@@ -622,64 +626,75 @@ class Scheduler:
         if self.store is not None:
             await self._dispatch_with_store()
             return
+        # Round robin: each pass gives every service one slice of its walk, so a long walk over
+        # one service's waiting work never holds up another's starts. The whole walk stays in
+        # this tick (it lets other tasks run between slices), so the tick measures what a
+        # sweep really costs and spaces the next one.
+        again = True
+        while again and not self.closing:
+            again = False
+            for service in list(self.queued_services):
+                if await self._dispatch_service(service):
+                    again = True
+
+    async def _dispatch_service(self, service: Service) -> bool:
+        """One service's turn; True when it stopped after a slice of a long walk."""
         checks = self.checks
-        for service in list(self.queued_services):
-            while service.queued and not self.closing:
-                free = service.free_slots(self.clock)
-                if free <= 0:
+        more = False
+        while service.queued and not self.closing:
+            free = service.free_slots(self.clock)
+            if free <= 0:
+                break
+            if checks.active and checks.inline:
+                more = await self._dispatch_inline(service)
+                break
+            count = int(min(free, service.queued, BATCH_MAX))
+            batch: list[WorkUnit] = []
+            for _ in range(count):
+                work = self._pop(service)
+                if work is None:
                     break
-                if checks.active and checks.inline:
-                    # The whole walk stays in this tick (it lets others run between batches),
-                    # so the tick measures what a sweep really costs and spaces the next one.
-                    if await self._dispatch_inline(service):
-                        continue
-                    break
-                count = int(min(free, service.queued, BATCH_MAX))
-                batch: list[WorkUnit] = []
-                for _ in range(count):
-                    work = self._pop(service)
-                    if work is None:
-                        break
-                    work._where = CHECKING
-                    batch.append(work)
-                if checks.active:  # in a worker thread, or async: one batch at a time
-                    begun = time.perf_counter()
-                    verdicts = await checks.evaluate(batch)
-                    self._sweep_cost += time.perf_counter() - begun
-                    blocked = False
-                    parked = 0
-                    for work, verdict in zip(batch, verdicts):
-                        if work._where != CHECKING:
-                            continue  # cancelled while its checks ran
-                        kind = verdict[0]
-                        if kind == "run":
-                            if blocked or not self._start(work, service):
-                                blocked = True
-                                self._enqueue(work, self.clock())
-                        elif kind == "skip":
-                            self._skip(work, service)
-                        else:
-                            self._park(work, verdict)
-                            parked += 1
-                    if blocked:
-                        break
-                    if parked or count == BATCH_MAX:
-                        await self._between_batches()
-                else:
-                    for index, work in enumerate(batch):
-                        if not self._start(work, service):
-                            now = self.clock()
-                            for rest in batch[index:]:
-                                self._enqueue(rest, now)
-                            break
+                work._where = CHECKING
+                batch.append(work)
+            if checks.active:  # in a worker thread, or async: one batch at a time
+                begun = time.perf_counter()
+                verdicts = await checks.evaluate(batch)
+                self._sweep_cost += time.perf_counter() - begun
+                blocked = False
+                parked = 0
+                for work, verdict in zip(batch, verdicts):
+                    if work._where != CHECKING:
+                        continue  # cancelled while its checks ran
+                    kind = verdict[0]
+                    if kind == "run":
+                        if blocked or not self._start(work, service):
+                            blocked = True
+                            self._enqueue(work, self.clock())
+                    elif kind == "skip":
+                        self._skip(work, service)
                     else:
-                        if count == BATCH_MAX:
-                            await self._between_batches()
-                        continue
+                        self._park(work, verdict, asked_inline=False)
+                        parked += 1
+                if blocked:
                     break
-            if service.queued == 0:
-                service.queue.clear()
-                self.queued_services.pop(service, None)
+                if parked or count == BATCH_MAX:
+                    await self._between_batches()
+            else:
+                for index, work in enumerate(batch):
+                    if not self._start(work, service):
+                        now = self.clock()
+                        for rest in batch[index:]:
+                            self._enqueue(rest, now)
+                        break
+                else:
+                    if count == BATCH_MAX:
+                        await self._between_batches()
+                    continue
+                break
+        if service.queued == 0:
+            service.queue.clear()
+            self.queued_services.pop(service, None)
+        return more
 
     async def _dispatch_inline(self, service: Service) -> bool:
         """Start what may start of one service, asking sync checks one work at a time.
@@ -1195,9 +1210,11 @@ class Scheduler:
         begun = time.perf_counter()
         (verdict,) = await checks.evaluate([work])
         self._sweep_cost += time.perf_counter() - begun
-        return self._settle(work, service, verdict)
+        return self._settle(work, service, verdict, asked_inline=False)
 
-    def _settle(self, work: WorkUnit, service: Service, verdict: Verdict) -> bool:
+    def _settle(
+        self, work: WorkUnit, service: Service, verdict: Verdict, *, asked_inline: bool = True
+    ) -> bool:
         """Act on a CHECKING work's verdict: True when it should start now; otherwise it is
         skipped or parked (or was cancelled while its checks ran)."""
         if work._where != CHECKING:
@@ -1210,7 +1227,7 @@ class Scheduler:
         elif kind == "run":
             return True
         else:
-            self._park(work, verdict)
+            self._park(work, verdict, asked_inline=asked_inline)
         return False
 
     async def _take_next(self, service: Service) -> tuple[WorkUnit, object, bool] | None:
