@@ -61,6 +61,29 @@ def _outputs_stale(work: WorkUnit) -> bool:
     return declared_stale(work._inputs, work._outputs, work._task.max_age) is not None
 
 
+_RAISED = {
+    "inputs": "checking the inputs",
+    "is_ready": "is_ready",
+    "outputs": "checking the outputs",
+    "is_stale": "is_stale",
+}
+
+
+def _judge(name: str, answer: Any, work: WorkUnit) -> Verdict | None:
+    """What one answer of check ``name`` means for ``work``: None to go on to the next check,
+    else the verdict (``verdict_now`` and ``evaluate`` share these rules)."""
+    if answer is True:
+        return None
+    if answer is False:
+        if name == "inputs":
+            missing = ", ".join(describe(item) for item in work._missing[:3])
+            return ("not_ready", f"waiting for input {missing}")
+        if name == "is_ready":
+            return NOT_READY
+        return SKIP  # up to date: the user's is_stale cannot force a run
+    return ("check_error", f"{_RAISED[name]} raised {answer!r}")
+
+
 def _evaluate_sync(check: Callable[[WorkUnit], Any], works: Sequence[WorkUnit]) -> list[Any]:
     """Call a sync check on each work; an exception becomes that work's answer."""
     answers: list[Any] = []
@@ -126,30 +149,21 @@ class CheckRunner:
             check = self._inputs_check
             if check is None:
                 check = self._inputs_check = _inputs_ready_given(self.producers)
-            answer = self._ask_one("inputs", check, work)
-            if answer is False:
-                missing = ", ".join(describe(item) for item in work._missing[:3])
-                return ("not_ready", f"waiting for input {missing}")
-            if answer is not True:
-                return ("check_error", f"checking the inputs raised {answer!r}")
+            verdict = _judge("inputs", self._ask_one("inputs", check, work), work)
+            if verdict is not None:
+                return verdict
         if hooks.is_ready is not None:
-            answer = self._ask_one("is_ready", hooks.is_ready, work)
-            if answer is False:
-                return NOT_READY
-            if answer is not True:
-                return ("check_error", f"is_ready raised {answer!r}")
+            verdict = _judge("is_ready", self._ask_one("is_ready", hooks.is_ready, work), work)
+            if verdict is not None:
+                return verdict
         if declares:
-            answer = self._ask_one("outputs", _outputs_stale, work)
-            if answer is False:
-                return SKIP
-            if answer is not True:
-                return ("check_error", f"checking the outputs raised {answer!r}")
+            verdict = _judge("outputs", self._ask_one("outputs", _outputs_stale, work), work)
+            if verdict is not None:
+                return verdict
         if hooks.is_stale is not None:
-            answer = self._ask_one("is_stale", hooks.is_stale, work)
-            if answer is False:
-                return SKIP
-            if answer is not True:
-                return ("check_error", f"is_stale raised {answer!r}")
+            verdict = _judge("is_stale", self._ask_one("is_stale", hooks.is_stale, work), work)
+            if verdict is not None:
+                return verdict
         return RUN
 
     def take_spent(self) -> float:
@@ -166,13 +180,7 @@ class CheckRunner:
             answer: Any = bool(check(work))
         except Exception as exc:
             answer = exc
-            self.errors += 1
-            logger.warning(
-                "runcue: %s raised for %s; the work stays pending and is asked again later",
-                name,
-                work,
-                exc_info=exc,
-            )
+            self._raised(name, work, exc)
         took = time.perf_counter() - begun
         self.spent += took
         if self._mode == "auto":
@@ -180,6 +188,15 @@ class CheckRunner:
             if took > SLOW_CHECK_SECONDS:
                 self._slow_call(name)
         return answer
+
+    def _raised(self, name: str, work: WorkUnit, exc: Exception) -> None:
+        self.errors += 1
+        logger.warning(
+            "runcue: %s raised for %s; the work stays pending and is asked again later",
+            name,
+            work,
+            exc_info=exc,
+        )
 
     def _slow_call(self, name: str) -> None:
         # One slow call may be a GC pause or the process being descheduled; a check that is
@@ -201,87 +218,37 @@ class CheckRunner:
         verdicts: list[Verdict] = [RUN] * len(works)
         hooks = self._hooks
         todo = list(range(len(works)))
-        declared = [i for i in todo if works[i]._task.declares]
-        if declared:
-            answers = await self._ask(
-                "inputs", _inputs_ready_given(self.producers), [works[i] for i in declared]
-            )
-            for i, answer in zip(declared, answers):
-                if answer is False:
-                    missing = ", ".join(describe(item) for item in works[i]._missing[:3])
-                    verdicts[i] = ("not_ready", f"waiting for input {missing}")
-                elif answer is not True:
-                    verdicts[i] = ("check_error", f"checking the inputs raised {answer!r}")
+        steps = (
+            ("inputs", _inputs_ready_given(self.producers), True),
+            ("is_ready", hooks.is_ready, False),
+            ("outputs", _outputs_stale, True),
+            ("is_stale", hooks.is_stale, False),
+        )
+        for name, check, declared_only in steps:
+            asked = [i for i in todo if works[i]._task.declares] if declared_only else todo
+            if check is None or not asked:
+                continue
+            answers = await self._ask(name, check, [works[i] for i in asked])
+            for i, answer in zip(asked, answers):
+                verdict = _judge(name, answer, works[i])
+                if verdict is not None:
+                    verdicts[i] = verdict
             todo = [i for i in todo if verdicts[i] is RUN]
-        if hooks.is_ready is not None and todo:
-            answers = await self._ask("is_ready", hooks.is_ready, [works[i] for i in todo])
-            still: list[int] = []
-            for i, answer in zip(todo, answers):
-                if answer is True:
-                    still.append(i)
-                elif answer is False:
-                    verdicts[i] = NOT_READY
-                else:
-                    verdicts[i] = ("check_error", f"is_ready raised {answer!r}")
-            todo = still
-        declared = [i for i in todo if works[i]._task.declares]
-        if declared:
-            answers = await self._ask("outputs", _outputs_stale, [works[i] for i in declared])
-            for i, answer in zip(declared, answers):
-                if answer is False:
-                    verdicts[i] = SKIP  # up to date: the user's is_stale cannot force a run
-                elif answer is not True:
-                    verdicts[i] = ("check_error", f"checking the outputs raised {answer!r}")
-            todo = [i for i in todo if verdicts[i] is RUN]
-        if hooks.is_stale is not None and todo:
-            answers = await self._ask("is_stale", hooks.is_stale, [works[i] for i in todo])
-            for i, answer in zip(todo, answers):
-                if answer is False:
-                    verdicts[i] = SKIP
-                elif answer is not True:
-                    verdicts[i] = ("check_error", f"is_stale raised {answer!r}")
         return verdicts
 
     async def _ask(
         self, name: str, check: Callable[[WorkUnit], Any], works: list[WorkUnit]
     ) -> list[Any]:
+        if self._mode != "thread" and not (self._some_async and is_async_callable(check)):
+            return [self._ask_one(name, check, work) for work in works]
         self.calls[name] += len(works)
-        if name in ("is_ready", "is_stale") and self._some_async and is_async_callable(check):
-            answers = await self._ask_async(name, check, works)
-        elif self._mode == "thread":
+        if self._mode == "thread" and not is_async_callable(check):
             answers = await self._ask_in_thread(name, check, works)
         else:
-            answers = self._ask_inline(name, check, works)
+            answers = await self._ask_async(name, check, works)
         for work, answer in zip(works, answers):
-            if isinstance(answer, BaseException):
-                self.errors += 1
-                logger.warning(
-                    "runcue: %s raised for %s; the work stays pending and is asked again later",
-                    name,
-                    work,
-                    exc_info=answer,
-                )
-        return answers
-
-    def _ask_inline(
-        self, name: str, check: Callable[[WorkUnit], Any], works: list[WorkUnit]
-    ) -> list[Any]:
-        answers: list[Any] = []
-        auto = self._mode == "auto"
-        for index, work in enumerate(works):
-            begun = time.perf_counter()
-            try:
-                answers.append(bool(check(work)))
-            except Exception as exc:
-                answers.append(exc)
-            if not auto:
-                continue
-            self._inline_calls += 1
-            if time.perf_counter() - begun > SLOW_CHECK_SECONDS:
-                self._slow_call(name)
-                if self._mode == "thread":
-                    answers.extend(_evaluate_sync(check, works[index + 1 :]))  # the rest
-                    break
+            if isinstance(answer, Exception):
+                self._raised(name, work, answer)
         return answers
 
     async def _ask_in_thread(

@@ -53,7 +53,7 @@ from anyio.abc import TaskGroup
 
 from . import _backend
 from ._artifacts import Snapshot, artifact_key, declared_stale, describe
-from ._checks import RUN, CheckRunner, Verdict
+from ._checks import CheckRunner, Verdict
 from ._errors import (
     HandlerTimeout,
     PendingTimeout,
@@ -431,7 +431,7 @@ class Scheduler:
         self._due_retries(now)
         if self.deadlines:
             await self._due_deadlines(now)
-        if self.stall_warn_after is not None or self.stall_timeout is not None:
+        if self.watch_stalls:
             await self._check_stall(now)
         swept_at = None
         due = False
@@ -464,7 +464,7 @@ class Scheduler:
             deadline = min(deadline, self._periodic_sweep_at())
         if self.parked_orphans:
             deadline = min(deadline, self._orphan_sweep_at())
-        if self.pending and (self.stall_warn_after is not None or self.stall_timeout is not None):
+        if self.pending and self.watch_stalls:
             if self.stall_warn_after is not None and not self.stall_warned:
                 deadline = min(deadline, self.last_progress + self.stall_warn_after)
             if self.stall_timeout is not None:
@@ -579,13 +579,14 @@ class Scheduler:
         if self.listeners:
             self.emit("waiting", work, f"{reason}: {details}")
 
+    def _recheck_gap(self) -> float:
+        return max(self.recheck_interval, PERIODIC_BUDGET * self._last_sweep_cost)
+
     def _orphan_sweep_at(self) -> float:
-        gap = max(self.recheck_interval, PERIODIC_BUDGET * self._last_sweep_cost)
-        return self._last_orphan_sweep + gap
+        return self._last_orphan_sweep + self._recheck_gap()
 
     def _periodic_sweep_at(self) -> float:
-        gap = max(self.recheck_interval, PERIODIC_BUDGET * self._last_sweep_cost)
-        return self._last_sweep + gap
+        return self._last_sweep + self._recheck_gap()
 
     def _sweep_wanted_at(self) -> float:
         """When a sweep that completions asked for may run: spaced so that re-asking takes at
@@ -1024,13 +1025,12 @@ class Scheduler:
         try:
             await spare.event.wait()
         except BaseException as exc:
-            if spare.work is not None:
-                service.waking -= 1
             # The cue is going away. A work handed over in the same moment was admitted
             # (marked running, slots taken): account for it as interrupted.
             if spare in spares:
                 spares.remove(spare)
             if spare.work is not None:
+                service.waking -= 1
                 work, borrower, thread_slot = spare.work
                 rate = None if service.shared else service.rate
                 self._interrupted(
@@ -1219,8 +1219,6 @@ class Scheduler:
         skipped or parked (or was cancelled while its checks ran)."""
         if work._where != CHECKING:
             return False  # cancelled while its checks ran
-        if verdict is RUN:
-            return True
         kind = verdict[0]
         if kind == "skip":
             self._skip(work, service)
@@ -1289,14 +1287,7 @@ class Scheduler:
                 await self._report("on_complete", hooks.on_complete, work, result, duration)
             return
         spec: TaskSpec = work._task
-        self.running -= 1
-        service.running -= 1
-        self._handler_finished = True
-        if self.watch_stalls:
-            self.last_progress = self.clock()
-            self.stall_warned = False
-        if self.running <= 1:
-            self._check_idle()
+        self._attempt_ended(service)
         if work._cancel_requested or error is None:
             self._finish(
                 work,
@@ -1350,8 +1341,8 @@ class Scheduler:
         if hooks.on_failure is not None:
             await self._report("on_failure", hooks.on_failure, work, error)
 
-    def _completed(self, work: WorkUnit, service: Service, result: Any, duration: float) -> None:
-        """Bookkeeping for an attempt that returned (its on_complete is the caller's)."""
+    def _attempt_ended(self, service: Service) -> None:
+        """A handler returned or raised: it no longer runs."""
         self.running -= 1
         service.running -= 1
         self._handler_finished = True
@@ -1360,6 +1351,10 @@ class Scheduler:
             self.stall_warned = False
         if self.running <= 1:
             self._check_idle()
+
+    def _completed(self, work: WorkUnit, service: Service, result: Any, duration: float) -> None:
+        """Bookkeeping for an attempt that returned (its on_complete is the caller's)."""
+        self._attempt_ended(service)
         service.completed += 1
         self.completed += 1
         self._finish(work, WorkState.COMPLETED, result, None, duration)
