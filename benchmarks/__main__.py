@@ -88,6 +88,9 @@ task group).
 - **B7** is `tracemalloc` current memory after all work was submitted and asked once, minus
   the memory of the started cue holding one such work, over the item count, after
   `gc.collect()`. It includes the params dict (`{'i': n}`), as the baseline record does.
+  A second baseline, the least scheduler record, holds only what runcue's API needs at a
+  minimum (a 7-field record with a string id, an index by id, a de-duplication index by
+  content digest, a waiting list): it shows the bound under the target.
 - **B9**'s theoretical time is `items x d / concurrent + 2 x d` (the bottleneck stage plus
   filling the pipe). `d` is the handler's duration: nominally 1 ms, but `anyio.sleep(0.001)`
   takes longer on any event loop (timer granularity), so `d` is calibrated in the same run,
