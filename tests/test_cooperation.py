@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextvars
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import pytest
 
 import runcue
+from runcue import _backend
 
 pytestmark = pytest.mark.anyio
 
@@ -51,6 +53,79 @@ async def test_a_submission_after_a_pause_does_not_wait() -> None:
         with anyio.fail_after(5):
             await ran.wait()
         assert work_id
+
+
+async def _ticks_during_burst(cue: runcue.Cue, submissions: int, step: float) -> int:
+    """How often another task ran during ``submissions`` submit() calls, each ``step``
+    seconds of the engine's (fake) clock after the previous one."""
+    now = [cue._engine.clock()]
+    cue._engine.clock = lambda: now[0]
+    ticks = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await anyio.lowlevel.checkpoint()  # the ticker is running
+        now[0] += 1.0  # a pause: a new burst
+        ticks = 0
+        for index in range(submissions):
+            await cue.submit("noop", {"i": index})
+            now[0] += step
+        done = True
+    return ticks
+
+
+async def test_a_due_timer_ends_a_burst_slice_early() -> None:
+    """Where the loop says a timer is due (trio), a burst yields at once, not after its
+    2 ms slice: 100 submissions 10 µs apart (1 ms) let other tasks run about every 0.1 ms."""
+    async with runcue.Cue() as cue:
+        cue.task("noop")(_noop)
+        cue._engine.next_deadline = lambda: cue._engine.clock()  # always due
+        ticks = await _ticks_during_burst(cue, 100, 0.00001)
+        await cue.stop(timeout=0)
+    assert ticks >= 5
+
+
+async def test_a_burst_without_due_timers_yields_once_per_slice() -> None:
+    """No timer due (or a loop that does not say, asyncio): one checkpoint per 2 ms slice."""
+    async with runcue.Cue() as cue:
+        cue.task("noop")(_noop)
+        far = [cue._engine.clock() + 1_000.0]
+        cue._engine.next_deadline = lambda: far[0]
+        ticks_far = await _ticks_during_burst(cue, 100, 0.00001)  # 1 ms: within one slice
+        cue._engine.next_deadline = None
+        ticks_unknown = await _ticks_during_burst(cue, 100, 0.00001)
+        await cue.stop(timeout=0)
+    assert ticks_far <= 1
+    assert ticks_unknown <= 1
+
+
+async def test_the_loop_tells_its_next_deadline_where_it_can(anyio_backend_name: str) -> None:
+    """trio tells when its earliest timer is due; asyncio has no public way to."""
+    peek = _backend.next_deadline()
+    if anyio_backend_name != "trio":
+        assert peek is None
+        return
+    assert peek is not None
+
+    async def sleeper(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        await anyio.sleep(10)  # registered before the parent resumes
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(sleeper)
+        assert anyio.current_time() < peek() <= anyio.current_time() + 10
+        tg.cancel_scope.cancel()
+
+
+async def _noop(work: runcue.WorkUnit) -> None:
+    return None
 
 
 async def test_an_idle_service_reuses_its_runner() -> None:

@@ -13,7 +13,14 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-__all__ = ["RunnerScope", "current_backend", "fast_clock", "runner_scope", "spawn_background"]
+__all__ = [
+    "RunnerScope",
+    "current_backend",
+    "fast_clock",
+    "next_deadline",
+    "runner_scope",
+    "spawn_background",
+]
 
 _background_tasks: set[Any] = set()  # asyncio keeps only weak references to tasks
 
@@ -54,6 +61,26 @@ def fast_clock() -> Callable[[], float]:
     import anyio
 
     return anyio.current_time
+
+
+def next_deadline() -> Callable[[], float] | None:
+    """A function giving when the loop's earliest timer is due (a sleep, a cancel scope's
+    deadline), on the clock of :func:`fast_clock`; None where the loop does not say.
+
+    trio says it publicly (``trio.lowlevel.current_statistics()``); asyncio only through its
+    private timer heap, so there it is None.
+    """
+    if current_backend() != "trio":
+        return None
+    import trio
+
+    statistics = trio.lowlevel.current_statistics
+    now = trio.current_time
+
+    def due() -> float:
+        return now() + statistics().seconds_to_next_deadline
+
+    return due
 
 
 class RunnerScope(Protocol):
