@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias, Union
 
 from ._artifacts import ArtifactSpec
@@ -79,10 +79,12 @@ class TaskSpec:
     max_age: float | None = None
     delete_on_error: bool = True
 
-    @property
-    def declares(self) -> bool:
-        """True when the task declares inputs or outputs (the checks derive from them)."""
-        return self.inputs is not None or self.outputs is not None
+    declares: bool = field(init=False)
+    """True when the task declares inputs or outputs (the checks derive from them)."""
+
+    def __post_init__(self) -> None:
+        # A field, not a property: the runner path reads it for every work.
+        object.__setattr__(self, "declares", self.inputs is not None or self.outputs is not None)
 
     def should_retry(self, error: BaseException, attempt: int) -> bool:
         """Whether failed attempt ``attempt`` (from 1) gets another try."""
