@@ -17,7 +17,7 @@ __all__ = [
     "RunnerScope",
     "current_backend",
     "fast_clock",
-    "next_deadline",
+    "next_timer_in",
     "runner_scope",
     "spawn_background",
 ]
@@ -64,24 +64,25 @@ def fast_clock() -> Callable[[], float]:
     return anyio.current_time
 
 
-def next_deadline() -> Callable[[], float] | None:
-    """A function giving when the loop's earliest timer is due (a sleep, a cancel scope's
-    deadline), on the clock of :func:`fast_clock`; None where the loop does not say.
+def next_timer_in() -> Callable[[], float] | None:
+    """A function giving the seconds until the loop's earliest timer is due (a sleep, a
+    cancel scope's deadline; 0 or less when one is due now, inf when none), or None where
+    the loop does not say.
 
-    trio says it publicly (``trio.lowlevel.current_statistics()``); asyncio only through its
-    private timer heap, so there it is None.
+    trio says it publicly (``trio.lowlevel.current_statistics()``; that call also counts the
+    tasks waiting on file descriptors, so it costs more with many sockets); asyncio only
+    through its private timer heap, so there it is None.
     """
     if current_backend() != "trio":
         return None
     import trio
 
     statistics = trio.lowlevel.current_statistics
-    now = trio.current_time
 
-    def due() -> float:
-        return now() + statistics().seconds_to_next_deadline
+    def seconds() -> float:
+        return statistics().seconds_to_next_deadline
 
-    return due
+    return seconds
 
 
 class RunnerScope(Protocol):

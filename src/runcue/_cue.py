@@ -49,6 +49,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _NEW, _RUNNING, _STOPPING, _STOPPED = "new", "running", "stopping", "stopped"
 SUBMIT_SLICE = 0.002  # longest a burst of submit() calls holds the loop, in seconds
 DEADLINE_PEEK = 0.0001  # in a burst, how often at most submit() looks for a due timer
+PEEK_SHARE = 20  # ...and at most one look per PEEK_SHARE times what a look costs
 
 
 def _freeze_params(params: Mapping[str, Any]) -> Any:
@@ -190,6 +191,7 @@ class Cue:
         self._last_submit = -math.inf  # loop time of the last submit() (bursts, see submit)
         self._burst_from = -math.inf
         self._yield_at = -math.inf  # loop time of the burst's next look at the loop (submit)
+        self._peek_every = DEADLINE_PEEK
 
     # ------------------------------------------------------------------ registration
 
@@ -588,16 +590,25 @@ class Cue:
             now = engine.clock()
             if now - self._last_submit > SUBMIT_SLICE:
                 self._burst_from = now
-                self._yield_at = now + DEADLINE_PEEK
+                self._yield_at = now + self._peek_every
             elif now >= self._yield_at:
-                peek = engine.next_deadline
-                due = math.inf if peek is None else peek()
-                if due <= now or now - self._burst_from > SUBMIT_SLICE:
-                    await anyio.lowlevel.checkpoint()
+                timer_in = engine.next_timer_in
+                if now - self._burst_from > SUBMIT_SLICE:
+                    await anyio.lowlevel.checkpoint()  # where a cancelled caller learns it
                     self._burst_from = now = engine.clock()
-                    if peek is not None:
-                        due = peek()
-                self._yield_at = min(self._burst_from + SUBMIT_SLICE, max(due, now + DEADLINE_PEEK))
+                    wait = math.inf if timer_in is None else self._peek(timer_in)
+                elif timer_in is None:
+                    wait = math.inf
+                else:
+                    wait = self._peek(timer_in)
+                    if wait <= 0:
+                        # Let the timer's task run; cancellation still waits for the slice.
+                        await anyio.lowlevel.cancel_shielded_checkpoint()
+                        now = engine.clock()
+                        wait = self._peek(timer_in)
+                self._yield_at = min(
+                    self._burst_from + SUBMIT_SLICE, now + max(wait, self._peek_every)
+                )
             self._last_submit = now
         if self._state in (_STOPPING, _STOPPED):
             msg = (
@@ -654,6 +665,14 @@ class Cue:
                 msg = f"task {task!r}: its inputs/outputs could not be read for {params!r}: {exc}"
                 raise TypeError(msg) from exc
         return self._engine.submit(work, dedup_key).id
+
+    def _peek(self, timer_in: Callable[[], float]) -> float:
+        """Seconds until the loop's next timer; spaces the next look by what this one cost
+        (trio counts the tasks waiting on sockets in the same call)."""
+        begun = time.perf_counter()
+        wait = timer_in()
+        self._peek_every = max(DEADLINE_PEEK, PEEK_SHARE * (time.perf_counter() - begun))
+        return wait
 
     def submit_threadsafe(
         self,

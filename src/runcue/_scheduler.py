@@ -192,8 +192,9 @@ class Scheduler:
         self.max_threads = max_threads
         self.rng = random.Random(seed)
         self.clock: Callable[[], float] = anyio.current_time  # the loop's own clock after bind()
-        # When the loop's earliest timer is due, where the backend says (trio); see Cue.submit.
-        self.next_deadline: Callable[[], float] | None = None
+        # Seconds until the loop's earliest timer is due, where the backend says (trio); see
+        # Cue.submit.
+        self.next_timer_in: Callable[[], float] | None = None
         self._runner_scope: Callable[[], _backend.RunnerScope] = anyio.CancelScope
 
         # Made in bind(): before it, submissions wait in a plain list.
@@ -286,7 +287,7 @@ class Scheduler:
         """Attach to the task group that will own every running work (inside the loop)."""
         self.tg = tg
         self.clock = _backend.fast_clock()
-        self.next_deadline = _backend.next_deadline()
+        self.next_timer_in = _backend.next_timer_in()
         self._runner_scope = _backend.runner_scope()
         now = self.clock()
         self.started_at = self.last_progress = self._last_sweep = now

@@ -79,7 +79,7 @@ class TaskSpec:
     max_age: float | None = None
     delete_on_error: bool = True
 
-    declares: bool = field(init=False)
+    declares: bool = field(init=False, repr=False, compare=False)
     """True when the task declares inputs or outputs (the checks derive from them)."""
 
     def __post_init__(self) -> None:
