@@ -158,7 +158,7 @@ def run(backend: Backend, settings: Settings) -> list[Row]:
             "anyio": lambda: on_loop(backend, lambda: hand_written(items)),
             "sleep": lambda: on_loop(backend, sleep_cost),
         },
-        settings.rounds(full=2, quick=2),
+        settings.rounds(full=4, quick=2),
         warmup=0,  # the earlier scenarios warmed the imports up; each round here takes seconds
         say=settings.say,
     )
