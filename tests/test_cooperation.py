@@ -128,12 +128,9 @@ async def test_a_due_timer_is_not_where_a_cancelled_caller_is_stopped() -> None:
         await cue.stop(timeout=0)
 
 
-async def test_the_loop_tells_its_next_deadline_where_it_can(anyio_backend_name: str) -> None:
-    """trio tells when its earliest timer is due; asyncio has no public way to."""
+async def test_the_loop_tells_when_its_next_timer_is_due() -> None:
+    """trio says it publicly, asyncio's own event loop through its timer heap."""
     peek = _backend.next_timer_in()
-    if anyio_backend_name != "trio":
-        assert peek is None
-        return
     assert peek is not None
 
     async def sleeper(*, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -144,6 +141,31 @@ async def test_the_loop_tells_its_next_deadline_where_it_can(anyio_backend_name:
         await tg.start(sleeper)
         assert 0 < peek() <= 10
         tg.cancel_scope.cancel()
+
+
+async def test_a_due_timers_task_runs_before_the_yield_returns() -> None:
+    """let_due_timers_run() is enough for the task of a due timer to run (asyncio needs
+    three passes of its loop for that, trio one), and it is shielded from cancellation."""
+    peek = _backend.next_timer_in()
+    assert peek is not None
+    woke = False
+
+    async def sleeper(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        nonlocal woke
+        task_status.started()
+        await anyio.sleep(0.001)
+        woke = True
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(sleeper)
+        with anyio.fail_after(5):
+            while peek() > 0:  # hold the loop, as a burst does, until the timer is due
+                pass
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await _backend.let_due_timers_run()
+        assert not scope.cancelled_caught
+        assert woke
 
 
 async def _noop(work: runcue.WorkUnit) -> None:

@@ -1,14 +1,19 @@
-"""The one place that tells asyncio from trio: running a cue in the background for ``start()``.
+"""The one place that tells asyncio from trio.
 
-``cue.start()`` is a plain function called from async code with no task group at hand. On
-asyncio the cue runs in a task created on the running loop; on trio in a system task (trio's
-own home for tasks that no user nursery owns). Either way the background task only runs
-``async with cue`` until ``stop()``; everything inside it is AnyIO.
+- Running a cue in the background for ``start()``: a plain function called from async code
+  with no task group at hand. On asyncio the cue runs in a task created on the running loop;
+  on trio in a system task (trio's own home for tasks that no user nursery owns). Either way
+  the background task only runs ``async with cue`` until ``stop()``; everything inside it is
+  AnyIO.
+- The loop's own clock and cheapest cancel scope, which the scheduler uses once per work.
+- When the loop's next timer is due, and a yield that lets the due timers' tasks run: a
+  burst of ``submit()`` calls uses them so that it never holds up timed work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -17,6 +22,7 @@ __all__ = [
     "RunnerScope",
     "current_backend",
     "fast_clock",
+    "let_due_timers_run",
     "next_timer_in",
     "runner_scope",
     "spawn_background",
@@ -70,19 +76,51 @@ def next_timer_in() -> Callable[[], float] | None:
     the loop does not say.
 
     trio says it publicly (``trio.lowlevel.current_statistics()``; that call also counts the
-    tasks waiting on file descriptors, so it costs more with many sockets); asyncio only
-    through its private timer heap, so there it is None.
+    tasks waiting on file descriptors, so it costs more with many sockets). asyncio's event
+    loops keep their timers in a heap, ``loop._scheduled``; it is private, so it is read only
+    when it looks as expected (a list of handles with ``when()``), and otherwise (another
+    loop, such as uvloop, or a future Python) the answer is None. A cancelled timer still in
+    the heap may look due: that costs one needless yield.
     """
-    if current_backend() != "trio":
-        return None
-    import trio
+    backend = current_backend()
+    if backend == "trio":
+        import trio
 
-    statistics = trio.lowlevel.current_statistics
+        statistics = trio.lowlevel.current_statistics
 
-    def seconds() -> float:
-        return statistics().seconds_to_next_deadline
+        def trio_seconds() -> float:
+            return statistics().seconds_to_next_deadline
 
-    return seconds
+        return trio_seconds
+    if backend == "asyncio":
+        loop = asyncio.get_running_loop()
+        if not isinstance(getattr(loop, "_scheduled", None), list):
+            return None
+        time = loop.time
+
+        def asyncio_seconds() -> float:
+            scheduled: list[asyncio.TimerHandle] = loop._scheduled  # type: ignore[attr-defined]
+            return scheduled[0].when() - time() if scheduled else math.inf
+
+        return asyncio_seconds
+    return None
+
+
+async def let_due_timers_run() -> None:
+    """Yield (shielded from cancellation) until the tasks whose timers are due have run.
+
+    On trio the loop wakes them at its next pass, into the same batch as the caller, in an
+    order it may shuffle: two passes. On asyncio a due timer's callback only schedules its
+    task, behind the caller's own next step: three passes (the callback runs after the first,
+    its task before the caller's third).
+    """
+    import anyio.lowlevel
+
+    for _ in range(_YIELDS_FOR_TIMERS.get(current_backend() or "", 1)):
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+
+
+_YIELDS_FOR_TIMERS = {"asyncio": 3, "trio": 2}
 
 
 class RunnerScope(Protocol):

@@ -573,8 +573,10 @@ class Cue:
         A lone call never waits. In a long burst of calls with no other ``await`` in between,
         one call in every ~2 ms first lets other tasks run (a checkpoint, where a cancelled
         caller gets its cancellation and nothing is submitted), so started work runs while the
-        rest is still being submitted. On trio, which tells when its next timer is due, a
-        burst also checkpoints (within ~0.1 ms) once one is due; asyncio does not say.
+        rest is still being submitted. A burst also lets the tasks of the loop's due timers
+        run (within ~0.1 ms of the timer; shielded, so cancellation still comes only at a
+        slice's end), where the loop tells when its next timer is due (trio, asyncio's own
+        event loop).
 
         :raises UnknownTaskError: for a task nobody registered.
         :raises TypeError: when params is not a mapping.
@@ -583,9 +585,9 @@ class Cue:
         if self._state == _RUNNING:
             # A long burst of submissions lets started work (and every other task) run every
             # SUBMIT_SLICE seconds, so the first works begin while the rest are still being
-            # submitted; where the loop tells when its next timer is due (trio), also as soon
-            # as one is due (a handler's sleep, a rate slot, a timeout). A submission after a
-            # pause starts a new burst and never waits.
+            # submitted; where the loop tells when its next timer is due (_backend.next_timer_in),
+            # the tasks of due timers run too (a handler's sleep, a rate slot, a timeout). A
+            # submission after a pause starts a new burst and never waits.
             engine = self._engine
             now = engine.clock()
             if now - self._last_submit > SUBMIT_SLICE:
@@ -593,19 +595,19 @@ class Cue:
                 self._yield_at = now + self._peek_every
             elif now >= self._yield_at:
                 timer_in = engine.next_timer_in
+                wait = math.inf if timer_in is None else self._peek(timer_in)
                 if now - self._burst_from > SUBMIT_SLICE:
                     await anyio.lowlevel.checkpoint()  # where a cancelled caller learns it
-                    self._burst_from = now = engine.clock()
-                    wait = math.inf if timer_in is None else self._peek(timer_in)
-                elif timer_in is None:
-                    wait = math.inf
-                else:
-                    wait = self._peek(timer_in)
                     if wait <= 0:
-                        # Let the timer's task run; cancellation still waits for the slice.
-                        await anyio.lowlevel.cancel_shielded_checkpoint()
-                        now = engine.clock()
+                        await _backend.let_due_timers_run()
+                    self._burst_from = now = engine.clock()
+                    if timer_in is not None:
                         wait = self._peek(timer_in)
+                elif wait <= 0 and timer_in is not None:
+                    # Let the due timer's task run; cancellation still waits for the slice.
+                    await _backend.let_due_timers_run()
+                    now = engine.clock()
+                    wait = self._peek(timer_in)
                 self._yield_at = min(
                     self._burst_from + SUBMIT_SLICE, now + max(wait, self._peek_every)
                 )
