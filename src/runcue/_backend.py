@@ -94,13 +94,18 @@ def next_timer_in() -> Callable[[], float] | None:
         return trio_seconds
     if backend == "asyncio":
         loop = asyncio.get_running_loop()
-        if not isinstance(getattr(loop, "_scheduled", None), list):
+        if not isinstance(loop, asyncio.BaseEventLoop) or not isinstance(
+            getattr(loop, "_scheduled", None), list
+        ):
             return None
         time = loop.time
 
         def asyncio_seconds() -> float:
             scheduled: list[asyncio.TimerHandle] = loop._scheduled  # type: ignore[attr-defined]
-            return scheduled[0].when() - time() if scheduled else math.inf
+            try:
+                return scheduled[0].when() - time() if scheduled else math.inf
+            except (AttributeError, TypeError):  # not the heap this was written for
+                return math.inf
 
         return asyncio_seconds
     return None

@@ -192,8 +192,8 @@ class Scheduler:
         self.max_threads = max_threads
         self.rng = random.Random(seed)
         self.clock: Callable[[], float] = anyio.current_time  # the loop's own clock after bind()
-        # Seconds until the loop's earliest timer is due, where the backend says (trio); see
-        # Cue.submit.
+        # Seconds until the loop's earliest timer is due, where the loop says (trio, asyncio's
+        # own loop); see Cue.submit.
         self.next_timer_in: Callable[[], float] | None = None
         self._runner_scope: Callable[[], _backend.RunnerScope] = anyio.CancelScope
 
