@@ -196,6 +196,52 @@ async def test_an_idle_service_reuses_its_runner() -> None:
     assert seen == [0, 1, 2, 3, 4]
 
 
+async def test_idle_runners_are_woken_one_by_another() -> None:
+    """With 100 idle runners, a burst of work that never waits is run by a few of them (the
+    first drains the queue; each woken runner wakes at most one more), while work that
+    waits still spreads over every free slot."""
+    async with runcue.Cue() as cue:
+        cue.service("svc", concurrent=100)
+        release = anyio.Event()
+        started = 0
+        all_started = anyio.Event()
+        runners: set[object] = set()
+
+        @cue.task("wait", uses="svc")
+        async def wait(work: runcue.WorkUnit) -> None:
+            nonlocal started
+            started += 1
+            if started == 100:
+                all_started.set()
+            await release.wait()
+
+        @cue.task("quick", uses="svc")
+        async def quick(work: runcue.WorkUnit) -> None:
+            runners.add(anyio.get_current_task().id)
+
+        for index in range(100):  # 100 runners, all idle afterwards
+            await cue.submit("wait", {"i": index})
+        with anyio.fail_after(10):
+            await all_started.wait()
+        release.set()
+        await cue.join()
+
+        for index in range(2_000):
+            await cue.submit("quick", {"i": index})
+        await cue.join()
+        assert len(runners) < 50
+
+        release = anyio.Event()
+        started = 0
+        all_started = anyio.Event()
+        for index in range(100):  # waiting work again: every idle runner is woken
+            await cue.submit("wait", {"round": 2, "i": index})
+        with anyio.fail_after(10):
+            await all_started.wait()
+        assert cue.stats().services["svc"].max_running == 100
+        release.set()
+
+
 async def test_a_spare_runner_ends_with_the_cue() -> None:
     """The idle runner does not keep the cue open, on exit or on stop()."""
     with anyio.fail_after(5):

@@ -896,12 +896,31 @@ class Scheduler:
 
     def _start(self, work: WorkUnit, service: Service) -> bool:
         """Take room in the service and hand the work to a runner; False when there is no
-        room now."""
+        room now, or when an idle runner is already being woken for this service and will
+        hand the next work on itself (see :meth:`_hand_on`)."""
+        if service.waking and service.spares and self._hands_on():
+            return False
         admitted = self._admit(work, service)
         if admitted is None:
             return False
         self._launch(work, service, *admitted)
         return True
+
+    def _hands_on(self) -> bool:
+        """True when a woken runner can take its service's next work itself, on the spot:
+        nothing to ask first (with checks, handing on would walk and re-ask not-ready work
+        the scheduler already asked) and no store round trips."""
+        return self.store is None and not self.checks.active
+
+    async def _hand_on(self, service: Service) -> None:
+        """A runner just woken with a work wakes the next idle runner while work waits and
+        room is left: idle runners are woken one after another, each by the last, instead of
+        all at once, so work that runs without waiting (the first runner drains the queue)
+        wakes one or two, and work that waits (I/O) still spreads over every free slot."""
+        if service.queued and service.spares and self._hands_on():
+            following = await self._take_next(service)
+            if following is not None:
+                self._launch(following[0], service, following[1], following[2])
 
     def _launch(
         self, work: WorkUnit, service: Service, borrower: object, thread_slot: bool
@@ -984,7 +1003,8 @@ class Scheduler:
         service's ``concurrent``, at most ``MAX_SPARES``; no timer, so an idle cue still costs
         no CPU) until the scheduler hands it the next work that may start: a start on an idle
         service, or work trickling in as fast as it runs, then costs one wake-up instead of a
-        new task. Spares end with the cue's task group.
+        new task. While one is being woken, the next is woken by it (:meth:`_hand_on`), not
+        by the scheduler. Spares end with the cue's task group.
         """
         IN_RUNNER.set(True)
         IN_REPORT.set(False)  # spawned from a callback's task, it runs handlers, not callbacks
@@ -1042,6 +1062,8 @@ class Scheduler:
                 )
             raise
         service.waking -= 1
+        if spare.work is not None:
+            await self._hand_on(service)
         return spare.work
 
     async def _attempt(
