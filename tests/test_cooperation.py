@@ -242,6 +242,49 @@ async def test_idle_runners_are_woken_one_by_another() -> None:
         release.set()
 
 
+async def test_the_scheduler_leaves_the_queue_to_runners_being_woken() -> None:
+    """While idle runners wake one another, the scheduler does not pop and re-queue the
+    waiting work on every pass (each re-queue also asks the priority callback)."""
+    async with runcue.Cue() as cue:
+        cue.service("svc", concurrent=100)
+        release = anyio.Event()
+        started = 0
+        all_started = anyio.Event()
+        asked = 0
+
+        @cue.priority
+        def priority(context: runcue.PriorityContext) -> float:
+            nonlocal asked
+            asked += 1
+            return 0.5
+
+        @cue.task("wait", uses="svc")
+        async def wait(work: runcue.WorkUnit) -> None:
+            nonlocal started
+            started += 1
+            if started == 100:
+                all_started.set()
+            await release.wait()
+
+        for index in range(100):  # 100 runners, idle afterwards
+            await cue.submit("wait", {"i": index})
+        with anyio.fail_after(10):
+            await all_started.wait()
+        release.set()
+        await cue.join()
+
+        release = anyio.Event()
+        started = 0
+        all_started = anyio.Event()
+        asked = 0
+        for index in range(1_000):
+            await cue.submit("wait", {"round": 2, "i": index})
+        with anyio.fail_after(10):
+            await all_started.wait()
+        assert asked < 1_500  # about one per work queued (5,850 when the scheduler spun)
+        release.set()
+
+
 async def test_a_spare_runner_ends_with_the_cue() -> None:
     """The idle runner does not keep the cue open, on exit or on stop()."""
     with anyio.fail_after(5):

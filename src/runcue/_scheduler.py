@@ -488,6 +488,8 @@ class Scheduler:
         """
         if service.paused_until > now:
             return service.paused_until
+        if self._handing_on(service):
+            return math.inf  # a runner being woken starts it (and wakes us if it cannot)
         limiter = service.limiter
         if limiter is not None and limiter.available_tokens <= 0:
             return math.inf
@@ -647,6 +649,8 @@ class Scheduler:
         checks = self.checks
         more = False
         while service.queued and not self.closing:
+            if self._handing_on(service):
+                break  # a runner being woken takes it on (_hand_on)
             free = service.free_slots(self.clock)
             if free <= 0:
                 break
@@ -898,7 +902,7 @@ class Scheduler:
         """Take room in the service and hand the work to a runner; False when there is no
         room now, or when an idle runner is already being woken for this service and will
         hand the next work on itself (see :meth:`_hand_on`)."""
-        if service.waking and service.spares and self._hands_on():
+        if self._handing_on(service):
             return False
         admitted = self._admit(work, service)
         if admitted is None:
@@ -912,6 +916,11 @@ class Scheduler:
         the scheduler already asked) and no store round trips."""
         return self.store is None and not self.checks.active
 
+    def _handing_on(self, service: Service) -> bool:
+        """True while an idle runner of ``service`` is being woken and will wake the next
+        one itself: the scheduler leaves the service's queue to it."""
+        return bool(service.waking and service.spares) and self._hands_on()
+
     async def _hand_on(self, service: Service) -> None:
         """A runner just woken with a work wakes the next idle runner while work waits and
         room is left: idle runners are woken one after another, each by the last, instead of
@@ -921,6 +930,8 @@ class Scheduler:
             following = await self._take_next(service)
             if following is not None:
                 self._launch(following[0], service, following[1], following[2])
+        elif service.queued:
+            self.wake()  # no idle runner left to wake: the scheduler starts the rest
 
     def _launch(
         self, work: WorkUnit, service: Service, borrower: object, thread_slot: bool
