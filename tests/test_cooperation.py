@@ -196,34 +196,51 @@ async def test_an_idle_service_reuses_its_runner() -> None:
     assert seen == [0, 1, 2, 3, 4]
 
 
+class _Gate:
+    """A "wait" task on a service of 100 slots whose handlers wait until released."""
+
+    def __init__(self, cue: runcue.Cue) -> None:
+        cue.service("svc", concurrent=100)
+        cue.task("wait", uses="svc")(self._wait)
+        self.cue = cue
+        self.rounds = 0
+        self._arm()
+
+    def _arm(self) -> None:
+        self.release = anyio.Event()
+        self.all_started = anyio.Event()
+        self.started = 0
+
+    async def _wait(self, work: runcue.WorkUnit) -> None:
+        self.started += 1
+        if self.started == 100:
+            self.all_started.set()
+        await self.release.wait()
+
+    async def fill(self, works: int) -> None:
+        """Submit ``works`` waiting works; return once 100 run at once."""
+        self.rounds += 1
+        self._arm()
+        for index in range(works):
+            await self.cue.submit("wait", {"round": self.rounds, "i": index})
+        with anyio.fail_after(10):
+            await self.all_started.wait()
+
+
 async def test_idle_runners_are_woken_one_by_another() -> None:
     """With 100 idle runners, a burst of work that never waits is run by a few of them (the
     first drains the queue; each woken runner wakes at most one more), while work that
     waits still spreads over every free slot."""
     async with runcue.Cue() as cue:
-        cue.service("svc", concurrent=100)
-        release = anyio.Event()
-        started = 0
-        all_started = anyio.Event()
+        gate = _Gate(cue)
         runners: set[object] = set()
-
-        @cue.task("wait", uses="svc")
-        async def wait(work: runcue.WorkUnit) -> None:
-            nonlocal started
-            started += 1
-            if started == 100:
-                all_started.set()
-            await release.wait()
 
         @cue.task("quick", uses="svc")
         async def quick(work: runcue.WorkUnit) -> None:
             runners.add(anyio.get_current_task().id)
 
-        for index in range(100):  # 100 runners, all idle afterwards
-            await cue.submit("wait", {"i": index})
-        with anyio.fail_after(10):
-            await all_started.wait()
-        release.set()
+        await gate.fill(100)  # 100 runners, all idle afterwards
+        gate.release.set()
         await cue.join()
 
         for index in range(2_000):
@@ -231,25 +248,16 @@ async def test_idle_runners_are_woken_one_by_another() -> None:
         await cue.join()
         assert len(runners) < 50
 
-        release = anyio.Event()
-        started = 0
-        all_started = anyio.Event()
-        for index in range(100):  # waiting work again: every idle runner is woken
-            await cue.submit("wait", {"round": 2, "i": index})
-        with anyio.fail_after(10):
-            await all_started.wait()
+        await gate.fill(100)  # waiting work again: every idle runner is woken
         assert cue.stats().services["svc"].max_running == 100
-        release.set()
+        gate.release.set()
 
 
 async def test_the_scheduler_leaves_the_queue_to_runners_being_woken() -> None:
     """While idle runners wake one another, the scheduler does not pop and re-queue the
     waiting work on every pass (each re-queue also asks the priority callback)."""
     async with runcue.Cue() as cue:
-        cue.service("svc", concurrent=100)
-        release = anyio.Event()
-        started = 0
-        all_started = anyio.Event()
+        gate = _Gate(cue)
         asked = 0
 
         @cue.priority
@@ -258,31 +266,14 @@ async def test_the_scheduler_leaves_the_queue_to_runners_being_woken() -> None:
             asked += 1
             return 0.5
 
-        @cue.task("wait", uses="svc")
-        async def wait(work: runcue.WorkUnit) -> None:
-            nonlocal started
-            started += 1
-            if started == 100:
-                all_started.set()
-            await release.wait()
-
-        for index in range(100):  # 100 runners, idle afterwards
-            await cue.submit("wait", {"i": index})
-        with anyio.fail_after(10):
-            await all_started.wait()
-        release.set()
+        await gate.fill(100)  # 100 runners, idle afterwards
+        gate.release.set()
         await cue.join()
 
-        release = anyio.Event()
-        started = 0
-        all_started = anyio.Event()
         asked = 0
-        for index in range(1_000):
-            await cue.submit("wait", {"round": 2, "i": index})
-        with anyio.fail_after(10):
-            await all_started.wait()
+        await gate.fill(1_000)
         assert asked < 1_500  # about one per work queued (5,850 when the scheduler spun)
-        release.set()
+        gate.release.set()
 
 
 async def test_a_spare_runner_ends_with_the_cue() -> None:
