@@ -29,10 +29,13 @@ from typing import Literal, TypeVar
 
 import anyio
 
+import runcue
+
 __all__ = [
     "BACKENDS",
     "Backend",
     "MachineLoad",
+    "NeverReady",
     "SourceAtStart",
     "Row",
     "Settings",
@@ -441,3 +444,33 @@ def stopwatch() -> Callable[[], float]:
     """Seconds since the call, from ``time.perf_counter``."""
     begun = time.perf_counter()
     return lambda: time.perf_counter() - begun
+
+
+class NeverReady:
+    """One task on a started cue whose work is never ready (B6, B7): work submitted to it
+    stays pending, and ``asked`` counts the ``is_ready`` calls."""
+
+    def __init__(self, cue: runcue.Cue) -> None:
+        self.cue = cue
+        self.asked = 0
+        cue.service("svc", concurrent=100)
+        cue.task("noop", uses="svc")(self._noop)
+        cue.is_ready(self._never)
+
+    async def _noop(self, work: runcue.WorkUnit) -> None:
+        return None
+
+    def _never(self, work: runcue.WorkUnit) -> bool:
+        self.asked += 1
+        return False
+
+    async def submit(self, items: int, first: int = 0) -> None:
+        """Submit ``items`` works with params ``{"i": n}``, n from ``first``."""
+        for index in range(first, first + items):
+            await self.cue.submit("noop", {"i": index})
+
+    async def asked_at_least(self, calls: int, timeout: float = 120) -> None:
+        """Wait until ``is_ready`` was asked ``calls`` times in all."""
+        with anyio.fail_after(timeout):
+            while self.asked < calls:
+                await anyio.sleep(0.01)

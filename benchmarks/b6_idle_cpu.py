@@ -14,7 +14,7 @@ import anyio
 
 import runcue
 
-from ._harness import Backend, Row, Settings, interleave, median, on_loop
+from ._harness import Backend, NeverReady, Row, Settings, interleave, median, on_loop
 
 ID = "B6"
 TITLE = "idle CPU"
@@ -49,25 +49,10 @@ async def empty_cue(seconds: float) -> float:
 
 async def pending_cue(seconds: float, items: int = PENDING) -> float:
     """Share of a core used by a cue holding ``items`` work units that are never ready."""
-    asked = 0
-
-    async def noop(work: runcue.WorkUnit) -> None:
-        return None
-
-    def never(work: runcue.WorkUnit) -> bool:
-        nonlocal asked
-        asked += 1
-        return False
-
     async with runcue.Cue() as cue:
-        cue.service("svc", concurrent=100)
-        cue.task("noop", uses="svc")(noop)
-        cue.is_ready(never)
-        for index in range(items):
-            await cue.submit("noop", {"i": index})
-        with anyio.fail_after(60):
-            while asked < items:
-                await anyio.sleep(0.01)
+        pending = NeverReady(cue)
+        await pending.submit(items)
+        await pending.asked_at_least(items, timeout=60)
         await anyio.sleep(SETTLE)
         share = await _window(seconds)
         await cue.stop()  # cancels the pending work instead of joining it forever

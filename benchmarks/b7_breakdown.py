@@ -18,35 +18,21 @@ import anyio
 
 import runcue
 
+from ._harness import NeverReady
+
 
 async def breakdown(items: int, top: int) -> list[tuple[float, str]]:
     """(bytes per work, allocating line) for the ``top`` largest differences."""
-    asked = 0
-
-    async def noop(work: runcue.WorkUnit) -> None:
-        return None
-
-    def never(work: runcue.WorkUnit) -> bool:
-        nonlocal asked
-        asked += 1
-        return False
-
     tracemalloc.start(4)
     try:
         async with runcue.Cue() as cue:
-            cue.service("svc", concurrent=100)
-            cue.task("noop", uses="svc")(noop)
-            cue.is_ready(never)
-            await cue.submit("noop", {"i": -1})
-            while asked < 1:
-                await anyio.sleep(0.01)
+            pending = NeverReady(cue)
+            await pending.submit(1, first=-1)
+            await pending.asked_at_least(1)
             gc.collect()
             before = tracemalloc.take_snapshot()
-            for index in range(items):
-                await cue.submit("noop", {"i": index})
-            with anyio.fail_after(120):
-                while asked < items + 1:
-                    await anyio.sleep(0.01)
+            await pending.submit(items)
+            await pending.asked_at_least(items + 1)
             gc.collect()
             after = tracemalloc.take_snapshot()
             await cue.stop()

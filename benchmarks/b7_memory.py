@@ -21,11 +21,19 @@ import time
 import tracemalloc
 from typing import Any
 
-import anyio
-
 import runcue
 
-from ._harness import Backend, Row, Settings, fmt_bytes, fmt_ratio, interleave, median, on_loop
+from ._harness import (
+    Backend,
+    NeverReady,
+    Row,
+    Settings,
+    fmt_bytes,
+    fmt_ratio,
+    interleave,
+    median,
+    on_loop,
+)
 
 ID = "B7"
 TITLE = "memory per pending item"
@@ -66,31 +74,15 @@ def _traced() -> int:
 
 async def runcue_bytes(items: int) -> float:
     """Bytes per pending work unit."""
-    asked = 0
-
-    async def noop(work: runcue.WorkUnit) -> None:
-        return None
-
-    def never(work: runcue.WorkUnit) -> bool:
-        nonlocal asked
-        asked += 1
-        return False
-
     tracemalloc.start()
     try:
         async with runcue.Cue() as cue:
-            cue.service("svc", concurrent=100)
-            cue.task("noop", uses="svc")(noop)
-            cue.is_ready(never)
-            await cue.submit("noop", {"i": -1})  # one item to warm every structure up
-            while asked < 1:
-                await anyio.sleep(0.01)
+            pending = NeverReady(cue)
+            await pending.submit(1, first=-1)  # one item to warm every structure up
+            await pending.asked_at_least(1)
             before = _traced()
-            for index in range(items):
-                await cue.submit("noop", {"i": index})
-            with anyio.fail_after(120):
-                while asked < items + 1:
-                    await anyio.sleep(0.01)
+            await pending.submit(items)
+            await pending.asked_at_least(items + 1)
             after = _traced()
             await cue.stop()
     finally:

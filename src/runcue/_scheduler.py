@@ -1514,9 +1514,7 @@ class Scheduler:
                     del self.producers[key]
             for dependent in self.waiting_on.pop(key, {}).values():
                 if dependent._where == PARKED:
-                    self.parked.pop(dependent.id, None)
-                    self.parked_precise.pop(dependent.id, None)
-                    self.parked_orphans.pop(dependent.id, None)
+                    self._unqueue(dependent)
                     self._enqueue(dependent, now)
                     woke = True
         if woke:
