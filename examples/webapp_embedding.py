@@ -6,8 +6,8 @@ keeps one long-lived cue: ``cue.start()`` in its startup hook, ``await cue.stop(
 shutdown hook -- the lifespan pattern of ASGI frameworks. Each request submits work with
 ``cue.submit`` and awaits its outcome with ``cue.wait``:
 
-- requests for the same image at the same moment share one piece of work (equal work already
-  pending or running is not queued twice);
+- requests for the same image at the same moment share one piece of work (the task is
+  declared ``dedup=True``: equal work already pending or running is not queued twice);
 - a thumbnail already on disk is served without new work (``is_stale`` says it is up to date);
 - an unknown image is answered 404 by the app itself, before any work is submitted.
 
@@ -32,7 +32,7 @@ def build_cue(folder: Path) -> runcue.Cue:
     cue = runcue.Cue(stall_timeout=30)
     cue.service("imaging", concurrent=2)
 
-    @cue.task("thumbnail", uses="imaging")
+    @cue.task("thumbnail", uses="imaging", dedup=True)
     def thumbnail(work: runcue.WorkUnit) -> str:
         name: str = work.params["image"]
         original = (folder / "images" / f"{name}.img").read_text()

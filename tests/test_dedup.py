@@ -1,4 +1,5 @@
-"""De-duplication: identical work in flight is queued once; finished work can run again."""
+"""De-duplication on request (``key=``, or a task declared ``dedup=True``): identical work in
+flight is queued once; finished work can run again. Without either, every submit is new work."""
 
 from __future__ import annotations
 
@@ -30,14 +31,14 @@ class Counting:
             self.gate_started.set()
             await self.release.wait()
 
-        @cue.task("job", uses="serial")
+        @cue.task("job", uses="serial", dedup=True)
         async def job(work: runcue.WorkUnit) -> object:
             self.calls.append(dict(work.params))
             self.job_started.set()
             await self.job_release.wait()
             return work.params.get("n")
 
-        @cue.task("other", uses="serial")
+        @cue.task("other", uses="serial", dedup=True)
         async def other(work: runcue.WorkUnit) -> object:
             self.calls.append({"other": dict(work.params)})
             return work.params.get("n")
@@ -132,14 +133,14 @@ async def test_finished_work_is_not_a_duplicate(make_cue: Callable[..., runcue.C
     cue = make_cue()
     runs: list[int] = []
 
-    @cue.task("job")
+    @cue.task("job", dedup=True)
     async def job(work: runcue.WorkUnit) -> int:
         runs.append(int(work.params["n"]))
         if work.params.get("fail"):
             raise ValueError("failed once")
         return len(runs)
 
-    @cue.task("hang")
+    @cue.task("hang", dedup=True)
     async def hang(work: runcue.WorkUnit) -> None:
         await anyio.sleep_forever()
 
@@ -201,7 +202,7 @@ async def test_work_waiting_for_its_retry_is_still_in_flight(
     retrying = anyio.Event()
     go_on = anyio.Event()
 
-    @cue.task("flaky", retry=2, backoff=runcue.Backoff(base=0.0, jitter=False))
+    @cue.task("flaky", retry=2, backoff=runcue.Backoff(base=0.0, jitter=False), dedup=True)
     async def flaky(work: runcue.WorkUnit) -> int:
         attempts.append(work.attempt)
         if work.attempt == 1:

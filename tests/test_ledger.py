@@ -163,16 +163,17 @@ class LedgerMachine(RuleBasedStateMachine):
         cue.service("a", concurrent=2)
         cue.service("b", concurrent=1, rate="50/0.1s")
         self.ceiling = {"a": 2, "b": 1}
-        cue.task("a_async", uses="a")(self._handle_async)
-        cue.task("a_sync", uses="a")(self._handle_sync)
+        cue.task("a_async", uses="a", dedup=True)(self._handle_async)
+        cue.task("a_sync", uses="a", dedup=True)(self._handle_sync)
         cue.task(
             "b_flaky",
             uses="b",
             retry=2,
             backoff=runcue.Backoff(base=0.002),
             retry_on=ConnectionError,
+            dedup=True,
         )(self._handle_async)
-        cue.task("free", timeout=FREE_TIMEOUT)(self._handle_async)
+        cue.task("free", timeout=FREE_TIMEOUT, dedup=True)(self._handle_async)
         if async_checks:
 
             async def is_ready(work: runcue.WorkUnit) -> bool:

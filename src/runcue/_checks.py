@@ -117,6 +117,10 @@ class CheckRunner:
         self._some_async = False  # an async is_ready or is_stale: answers need awaiting
         self._inputs_check: Callable[[WorkUnit], bool] | None = None
 
+    def rebind(self) -> None:
+        """A new run starts (maybe on another event loop): loop-bound objects are made anew."""
+        self._limiter = None
+
     @property
     def inline(self) -> bool:
         """True when :meth:`verdict_now` can answer: sync checks, asked on the loop."""

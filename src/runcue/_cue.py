@@ -179,6 +179,8 @@ class Cue:
         )
         self._state = _NEW
         self._mode: Literal["context", "run", "background"] | None = None
+        self._own_entry = False  # run()/start() enter the cue themselves, their run prepared
+        self._launching = False  # start() spawned the background run; it has not entered yet
         self._tg: TaskGroup | None = None
         self._loop_scope: anyio.CancelScope | None = None
         self._stop_requested = anyio.Event()
@@ -246,6 +248,7 @@ class Cue:
         outputs: ArtifactSpec | None = None,
         max_age: float | None = None,
         delete_on_error: bool = True,
+        dedup: bool = False,
     ) -> Callable[[F], F]:
         """Register the decorated function (sync or async) as the handler of task ``name``.
 
@@ -259,6 +262,10 @@ class Cue:
         :param outputs: declared outputs, likewise. The work is stale when one is missing or
             older than an input (or than ``max_age`` seconds).
         :param delete_on_error: remove declared outputs a failed attempt created or changed.
+        :param dedup: treat a submit whose params equal those of pending or running work of
+            this task as that same work (its id is returned, nothing new is queued). Off by
+            default: every ``submit()`` is a new work unit. ``key=`` on ``submit()`` always
+            de-duplicates, with or without this.
         """
         if not isinstance(name, str) or not name:
             msg = f"a task name must be a non-empty string, got {name!r}"
@@ -269,8 +276,8 @@ class Cue:
         if uses is not None and uses not in self._services:
             known = ", ".join(repr(s) for s in self._services if s is not None) or "none yet"
             msg = (
-                f"task {name!r} uses service {uses!r}, which is not declared (declared: {known});"
-                f" call cue.service({uses!r}, ...) before registering the task"
+                f"Unknown service {uses!r}: task {name!r} uses it, but it is not declared"
+                f" (declared: {known}); call cue.service({uses!r}, ...) before registering the task"
             )
             raise UnknownServiceError(msg)
         if isinstance(retry, bool) or not isinstance(retry, int) or retry < 1:
@@ -287,6 +294,9 @@ class Cue:
             policy = Backoff(base=float(backoff))
         else:
             msg = f"task {name!r}: backoff must be a runcue.Backoff or a number, got {backoff!r}"
+            raise TypeError(msg)
+        if not isinstance(dedup, bool):
+            msg = f"task {name!r}: dedup must be True or False, got {dedup!r}"
             raise TypeError(msg)
         if not (callable(retry_on) or isinstance(retry_on, tuple)):
             msg = (
@@ -320,6 +330,7 @@ class Cue:
                 outputs=outputs,
                 max_age=age,
                 delete_on_error=delete_on_error,
+                dedup=dedup,
             )
             if inputs is not None or outputs is not None:
                 self._engine.checks.declarations = True
@@ -397,15 +408,32 @@ class Cue:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> Cue:
-        if self._state != _NEW:
+    def _refuse_if_running(self, how: str) -> None:
+        if self._state in (_RUNNING, _STOPPING) or self._launching:
+            state = "starting" if self._launching else self._state
             msg = (
-                f"this Cue is {self._state} and cannot be entered again; a Cue runs once:"
-                " create a new runcue.Cue() for each run"
+                f"cannot {how}: this Cue is {state}; a Cue runs one run at a time -- stop it"
+                " first (leave 'async with', or 'await cue.stop()'), or create another"
+                " runcue.Cue() to run beside it"
             )
             raise CueStateError(msg)
-        if self._mode is None:
-            self._mode = "context"
+
+    def _prepare_run(self, mode: Literal["context", "run", "background"]) -> None:
+        """Fresh per-run state: a stopped cue starts again with the same registrations."""
+        self._mode = mode
+        self._state = _NEW  # submissions wait for the run, as before a first start
+        self._stop_requested = anyio.Event()
+        self._closed = anyio.Event()
+        self._entered = anyio.Event()
+        self._background_error = None
+        self._last_submit = self._burst_from = self._yield_at = -math.inf
+
+    async def __aenter__(self) -> Cue:
+        own, self._own_entry = self._own_entry, False
+        if not own:
+            self._refuse_if_running("enter it with 'async with'")
+            self._prepare_run("context")
+        self._launching = False
         self._state = _RUNNING
         tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -419,7 +447,12 @@ class Cue:
             await tg.start(self._run_loop)
         except BaseException:
             tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
+            try:
+                await tg.__aexit__(None, None, None)
+            finally:
+                self._engine.close()
+                self._state = _STOPPED
+                self._closed.set()
             raise
         self._entered.set()
         return self
@@ -474,7 +507,12 @@ class Cue:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Run under the caller's task group (``await tg.start(cue.run)``) until ``stop()``."""
-        self._mode = "run"
+        self._refuse_if_running("run it")
+        self._prepare_run("run")
+        await self._serve(task_status)
+
+    async def _serve(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+        self._own_entry = True
         async with self:
             task_status.started()
             await self._stop_requested.wait()
@@ -482,26 +520,27 @@ class Cue:
     def start(self) -> None:
         """Start the cue in the background from async code (asyncio or trio); see ``stop()``.
 
-        Calling it again while the cue runs does nothing.
+        Calling it again while that background run goes on does nothing; a stopped cue
+        starts again (its registrations, limits' history and finished work carry over).
         """
-        if self._mode == "background" and self._state in (_NEW, _RUNNING):
+        if self._mode == "background" and (self._launching or self._state == _RUNNING):
             return
-        if self._state != _NEW:
-            msg = f"this Cue is {self._state}; a Cue runs once: create a new runcue.Cue()"
-            raise CueStateError(msg)
-        self._mode = "background"
-        if _backend.spawn_background(self._background) is None:
-            self._mode = None
+        self._refuse_if_running("start it")
+        if _backend.current_backend() is None:
             msg = (
                 "cue.start() needs a running event loop: call it from async code (asyncio or"
                 " trio), or use 'async with runcue.Cue() as cue:'"
             )
             raise CueStateError(msg)
+        self._prepare_run("background")
+        self._launching = True
+        _backend.spawn_background(self._background)
 
     async def _background(self) -> None:
         try:
-            await self.run()
+            await self._serve(anyio.TASK_STATUS_IGNORED)
         except BaseException as exc:
+            self._launching = self._own_entry = False
             self._background_error = exc
             self._entered.set()
             self._closed.set()
@@ -519,18 +558,19 @@ class Cue:
             msg = f"timeout must be a number of seconds >= 0 (or None: no limit), got {timeout!r}"
             raise ValueError(msg)
         limit = None if timeout is None else float(timeout)
-        if self._state == _NEW and self._mode != "background":
+        if self._state in (_NEW, _STOPPED) and not self._launching:
             self._state = _STOPPED
             self._engine.closing = True
             await self._engine.cancel_all_pending("the cue was stopped before it started")
             self._closed.set()
             return
-        if self._mode == "background":
+        mode = self._mode
+        if self._launching:
             await self._entered.wait()
         if self._state == _RUNNING:
             await self._shutdown(limit)
         self._stop_requested.set()
-        if self._mode in ("background", "run") and not IN_RUNNER.get():
+        if mode in ("background", "run") and not IN_RUNNER.get():
             await self._closed.wait()  # (a handler calling stop() must not wait for itself)
         error, self._background_error = self._background_error, None
         if error is not None and not isinstance(error, anyio.get_cancelled_exc_class()):
@@ -567,8 +607,10 @@ class Cue:
     ) -> str:
         """Queue work for ``task``; returns its id.
 
-        Work equal to work already pending or running (same task and equal params, or the
-        same ``key``) is not queued twice: the existing id is returned.
+        Every call creates a new work unit with its own id, unless de-duplication was asked
+        for: work with the same ``key`` as pending or running work of the same task, or, for
+        a task declared ``dedup=True``, with equal params, is not queued twice: the existing
+        id is returned.
 
         A lone call never waits. In a long burst of calls with no other ``await`` in between,
         one call in every ~2 ms first lets other tasks run (a checkpoint, where a cancelled
@@ -615,14 +657,14 @@ class Cue:
         if self._state in (_STOPPING, _STOPPED):
             msg = (
                 f"cannot submit to a {self._state} Cue; submit inside 'async with Cue() as cue:'"
-                " or between cue.start() and cue.stop()"
+                " or between cue.start() and cue.stop() (a stopped cue starts again)"
             )
             raise CueStateError(msg)
         spec = self._tasks.get(task)
         if spec is None:
             known = ", ".join(repr(name) for name in self._tasks) or "none"
             msg = (
-                f"unknown task {task!r} (registered: {known}); register it with @cue.task({task!r})"
+                f"Unknown task {task!r} (registered: {known}); register it with @cue.task({task!r})"
             )
             raise UnknownTaskError(msg)
         if params is None:
@@ -643,9 +685,10 @@ class Cue:
         ):
             msg = f"priority must be a number from 0.0 to 1.0 (higher runs first), got {priority!r}"
             raise ValueError(msg)
+        dedup_key: Any = None  # without key= or a dedup task, no index is kept at all
         if key is not None:
-            dedup_key: Any = ("key", task, key)
-        else:
+            dedup_key = ("key", task, key)
+        elif spec.dedup:
             dedup_key = (task, _freeze_params(params))
         self._ids += 1
         work = WorkUnit(

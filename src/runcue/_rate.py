@@ -76,35 +76,42 @@ def parse_rate(rate: str) -> tuple[RateSpec, ...]:
     :raises InvalidRateError: (a ``ValueError``) naming the bad string and the grammar.
     """
     if not isinstance(rate, str):
-        msg = f"rate must be a string such as '60/min', got {rate!r}; {_GRAMMAR}"
+        msg = f"Invalid rate format {rate!r}: a rate must be a string such as '60/min'; {_GRAMMAR}"
         raise InvalidRateError(msg)
     parts = [part for part in rate.split(";") if part.strip()]
     if not parts:
-        msg = f"invalid rate {rate!r}: it is empty; {_GRAMMAR}"
+        msg = f"Invalid rate format {rate!r}: it is empty; {_GRAMMAR}"
         raise InvalidRateError(msg)
     specs: list[RateSpec] = []
     for part in parts:
         match = _ONE_RATE.match(part)
         if match is None:
-            msg = f"invalid rate {rate!r}: cannot read {part.strip()!r}; {_GRAMMAR}"
+            msg = f"Invalid rate format {rate!r}: cannot read {part.strip()!r}; {_GRAMMAR}"
             raise InvalidRateError(msg)
         unit = match["unit"].lower()
         if unit not in _UNIT_SECONDS:
-            msg = f"invalid rate {rate!r}: unknown unit {match['unit']!r}; {_GRAMMAR}"
+            msg = f"Unknown rate unit {match['unit']!r} in rate {rate!r}; {_GRAMMAR}"
             raise InvalidRateError(msg)
         try:
             limit = int(match["limit"])
             multiplier = float(match["multiplier"]) if match["multiplier"] else 1.0
         except ValueError:  # a number with thousands of digits
-            msg = f"invalid rate {rate!r}: a number in {part.strip()!r} is too long; {_GRAMMAR}"
+            msg = (
+                f"Invalid rate format {rate!r}: a number in {part.strip()!r} is too long;"
+                f" {_GRAMMAR}"
+            )
             raise InvalidRateError(msg) from None
         period = multiplier * _UNIT_SECONDS[unit]
         if not math.isfinite(period):
-            msg = f"invalid rate {rate!r}: the period of {part.strip()!r} is endless; {_GRAMMAR}"
+            msg = (
+                f"Invalid rate format {rate!r}: the period of {part.strip()!r} is endless;"
+                f" {_GRAMMAR}"
+            )
             raise InvalidRateError(msg)
         if limit < 1 or multiplier <= 0:
             msg = (
-                f"invalid rate {rate!r}: the count and the multiplier must be positive; {_GRAMMAR}"
+                f"Invalid rate format {rate!r}: the count and the multiplier must be positive;"
+                f" {_GRAMMAR}"
             )
             raise InvalidRateError(msg)
         specs.append(RateSpec(limit, period))
@@ -260,6 +267,11 @@ class RateLimiter:
         self._clock = clock
         for window in self.windows:
             window._clock = clock
+
+    def shift(self, seconds: float) -> None:
+        """Move every remembered start by ``seconds`` (onto another clock's timeline)."""
+        for window in self.windows:
+            window._starts = deque(start + seconds for start in window._starts)
 
     def history(self) -> tuple[float, ...]:
         """The starts still remembered by the longest window (to carry over a reconfiguration)."""

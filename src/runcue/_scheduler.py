@@ -262,6 +262,8 @@ class Scheduler:
         self.leases: dict[str, tuple[str, str]] = {}  # work id -> (service, lease)
         self.claims: dict[str, str] = {}  # work id -> claim key
         self._keeper_event: anyio.Event | None = None
+        # (loop clock, time.monotonic()) when the last run stopped: see bind().
+        self._stopped_monotonic: tuple[float, float] | None = None
 
     def emit(
         self, kind: str, work: WorkUnit, details: str = "", duration: float | None = None
@@ -290,13 +292,36 @@ class Scheduler:
         self.next_timer_in = _backend.next_timer_in()
         self._runner_scope = _backend.runner_scope()
         now = self.clock()
+        # A run after an earlier one (the cue was stopped and started again): the loop's
+        # clock may have another origin now (a new event loop; trio's clock starts at a random
+        # offset), so times kept from the last run move onto this clock, keeping the real time
+        # that passed in between; the limits' history still counts.
+        shift = 0.0
+        if self._stopped_monotonic is not None:
+            between = time.monotonic() - self._stopped_monotonic[1]
+            shift = now - between - self._stopped_monotonic[0]
+            self._stopped_monotonic = None
+        self.closing = False
+        self.stopped_at = None
+        self._wake_in_stream = False
+        self._no_running = None
+        self._keeper_event = None
+        self.stall_warned = False
+        if self._idle.is_set():  # (an unset one may have a join() waiting on it already)
+            self._idle = anyio.Event()  # made on this run's loop
+            self._idle.set()
+        self.checks.rebind()
+        # Entries of work that ended in an earlier run would never come due on this clock.
+        self.delayed = [entry for entry in self.delayed if entry[3].state is WorkState.PENDING]
+        self.deadlines = [entry for entry in self.deadlines if entry[4].state is WorkState.PENDING]
+        heapq.heapify(self.delayed)
+        heapq.heapify(self.deadlines)
         self.started_at = self.last_progress = self._last_sweep = now
         self._last_orphan_sweep = now
         self._threads = anyio.CapacityLimiter(self.max_threads)
         self._run_threads = anyio.CapacityLimiter(math.inf)
         for service in self.services.values():
-            if service.limiter is None:
-                service.bind(self.clock)
+            service.bind(self.clock, shift)
         self._send, self._receive = anyio.create_memory_object_stream[None](math.inf)
         for work in self._backlog:
             if work._where == INTAKE:
@@ -305,9 +330,13 @@ class Scheduler:
         self.wake()
 
     def close(self) -> None:
-        """Close the intake stream (the cue has stopped)."""
+        """Close the intake stream (the cue has stopped); remember when, for a next run."""
         if self._send is not None:
             self._send.close()
+            self._send = None
+        if self.tg is not None:
+            self._stopped_monotonic = (self.clock(), time.monotonic())
+        self.tg = None
 
     def submit(self, work: WorkUnit, dedup_key: Any) -> WorkUnit:
         """Take a new work unit (validated by the Cue); returns the live twin if one exists."""
@@ -1559,7 +1588,8 @@ class Scheduler:
                 continue
             else:
                 error = PendingTimeout(
-                    f"work {work.id} ({work.task}) was pending for {waited:.1f}s, longer than"
+                    f"Pending timeout: work {work.id} ({work.task}) was pending for {waited:.1f}s,"
+                    " longer than"
                     f" pending_timeout={self.pending_timeout:g}s; last seen:"
                     f" {self.describe(work)[1]}"
                 )
@@ -1593,7 +1623,8 @@ class Scheduler:
             ]
             for work in victims:
                 error = StallTimeout(
-                    f"work {work.id} ({work.task}) failed: nothing started or finished for"
+                    f"Stall timeout: work {work.id} ({work.task}) failed: nothing started or"
+                    " finished for"
                     f" {quiet:.1f}s (stall_timeout={self.stall_timeout:g}s); last seen:"
                     f" {self.describe(work)[1]}"
                 )

@@ -118,12 +118,23 @@ class Service:
         if self.limiter is not None:
             self.limiter.total_tokens = math.inf if concurrent is None else concurrent
 
-    def bind(self, clock: Callable[[], float]) -> None:
-        """Create the slots and adopt the loop's clock; called once the loop runs."""
+    def bind(self, clock: Callable[[], float], shift: float = 0.0) -> None:
+        """Adopt the loop's clock once a run starts (and the slots, the first time).
+
+        ``shift`` moves times kept from an earlier run onto this run's clock.
+        """
         self._clock = clock
         if self.rate is not None:
             self.rate.set_clock(clock)
-        self.limiter = Slots(math.inf if self.concurrent is None else self.concurrent)
+            if shift:
+                self.rate.shift(shift)
+        if shift and self.paused_until != -math.inf:
+            self.paused_until += shift
+        self.shared_wait_until = -math.inf
+        self.spares.clear()
+        self.waking = 0
+        if self.limiter is None:
+            self.limiter = Slots(math.inf if self.concurrent is None else self.concurrent)
 
     def free_slots(self, clock: Callable[[], float]) -> float:
         """How many more starts the limits allow right now (inf when unlimited).

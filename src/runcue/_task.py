@@ -78,6 +78,8 @@ class TaskSpec:
     outputs: ArtifactSpec | None = None
     max_age: float | None = None
     delete_on_error: bool = True
+    dedup: bool = False
+    """Equal params mean the same work: a submit equal to live work returns its id."""
 
     declares: bool = field(init=False, repr=False, compare=False)
     """True when the task declares inputs or outputs (the checks derive from them)."""

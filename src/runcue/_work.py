@@ -104,27 +104,36 @@ class WorkUnit:
 
     def __init__(
         self,
-        work_id: str,
+        id: str,  # the public field's name: runcue 0.2 code passes id=...
         task: str,
-        params: Mapping[str, Any],
+        params: Mapping[str, Any] | None = None,
         *,
         priority: float = 0.5,
         key: Any = None,
         created_at: float = 0.0,
+        state: WorkState = WorkState.PENDING,
+        started_at: float | None = None,
+        completed_at: float | None = None,
+        result: Any = None,
+        error: str | None = None,
+        attempt: int = 1,
     ) -> None:
-        self.id = work_id
+        # The keywords are runcue 0.2's WorkUnit fields, so code that builds work units
+        # itself (tests, a priority function's fixtures) constructs them as it did; ``error``
+        # is kept as an exception whose message it is.
+        self.id = id
         self.task = task
-        self.params = params
-        self.attempt = 1
+        self.params = {} if params is None else params
+        self.attempt = attempt
         self.priority = priority
         self.key = key
-        self.state = WorkState.PENDING
-        self.result = None
-        self.exception = None
+        self.state = state
+        self.result = result
+        self.exception = None if error is None else Exception(error)
         self.skipped = False
         self.created_at = created_at
-        self.started_at = None
-        self.completed_at = None
+        self.started_at = started_at
+        self.completed_at = completed_at
         self._seq = 0
         self._submitted = 0.0
         self._enqueued = 0.0
