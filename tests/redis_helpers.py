@@ -78,11 +78,13 @@ def poll_until(
 
 
 class RedisServer:
-    """One ``redis-server`` on a loopback port, without persistence; stop/start keep the port."""
+    """One ``redis-server`` on a loopback port; stop/start keep the port. Without persistence
+    unless ``appendonly`` (then every write is fsynced to the AOF before it is answered)."""
 
-    def __init__(self, binary: str, directory: Path) -> None:
+    def __init__(self, binary: str, directory: Path, *, appendonly: bool = False) -> None:
         self.binary = binary
         self.directory = directory
+        self.appendonly = appendonly
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -117,7 +119,9 @@ class RedisServer:
                     "--save",
                     "",
                     "--appendonly",
-                    "no",
+                    "yes" if self.appendonly else "no",
+                    "--appendfsync",
+                    "always",
                     "--dir",
                     str(self.directory),
                     "--logfile",
@@ -140,6 +144,20 @@ class RedisServer:
             process.kill()
             process.wait(timeout=10)
 
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would."""
+        self._kill()
+
+    def suspend(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a frozen server go on (SIGCONT)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop the server (SIGTERM; SIGKILL if it lingers) and wait until it exited."""
         process, self.process = self.process, None
@@ -160,13 +178,15 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server_running(directory: Path) -> Iterator[RedisServer]:
+def redis_server_running(directory: Path, *, appendonly: bool = False) -> Iterator[RedisServer]:
     """A started :class:`RedisServer`, always stopped on exit."""
-    server = RedisServer(require_redis(), directory)
+    server = RedisServer(require_redis(), directory, appendonly=appendonly)
     server.start()
     try:
         yield server
     finally:
+        if server.process is not None and server.process.poll() is None:
+            server.resume()  # (a test that failed while it was frozen)
         server.stop()
 
 

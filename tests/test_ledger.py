@@ -2,10 +2,12 @@
 
 A hypothesis state machine drives a live cue (on asyncio and on trio, through a blocking
 portal) with random submissions and handler outcomes (return, raise, hang until released,
-slow, fail once then succeed), checks that flip (including checks that raise), cancellations,
-limit changes, pokes, submissions from a plain thread, and a stop. After every step the counts
-add up, no service runs more handlers than its limit allows, and every id is known until it
-finishes; at the end each id saw exactly one ``queued`` and exactly one terminal event.
+slow, fail once then succeed, "slow down" once), checks that flip (including checks that
+raise), async ``on_start``/``on_cancel`` callbacks (starts held in ``on_start`` while limits
+change), cancellations, limit changes, pokes, submissions from a plain thread, and a stop.
+After every step the counts add up, no service runs more handlers than its limit allows (nor
+starts one while paused), and every id is known until it finishes; at the end each id saw
+exactly one ``queued`` and exactly one terminal event.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import runcue
 
 SERVICES = ("a", "b")
 TASKS = ("a_async", "a_sync", "b_flaky", "free")
-OUTCOMES = ("return", "raise", "hang", "slow", "flaky")
+OUTCOMES = ("return", "raise", "hang", "slow", "flaky", "slow_down")
 TERMINAL = frozenset({"completed", "failed", "skipped", "cancelled"})
 GROUPS = 3
 GATES = 2
@@ -85,6 +87,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.ceiling: dict[str, int | None] = {}
         self.violations: list[str] = []
         self.counter = 0
+        self.slowed_down: set[str] = set()  # works whose "slow_down" outcome raised once
+        self.hold_starts = False  # async on_start waits for start_gate while set
+        self.start_gate: anyio.Event | None = None
         EXAMPLES[self.backend] += 1
 
     # ------------------------------------------------------------------ plumbing
@@ -120,6 +125,12 @@ class LedgerMachine(RuleBasedStateMachine):
     async def _handle_async(self, work: runcue.WorkUnit) -> int:
         params = work.params
         outcome = params["outcome"]
+        service = self.live_cue._services[work._task.service]
+        if service.paused_until > anyio.current_time():
+            self.violations.append(f"{work.id} started while {service.name!r} was paused")
+        if outcome == "slow_down" and work.id not in self.slowed_down:
+            self.slowed_down.add(work.id)
+            raise runcue.RateLimited(retry_after=0.005)
         if outcome == "raise":
             raise Boom(f"work {params['n']} raises")
         if outcome == "flaky" and work.attempt == 1:
@@ -133,6 +144,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def _handle_sync(self, work: runcue.WorkUnit) -> int:
         params = work.params
         outcome = params["outcome"]
+        if outcome == "slow_down" and work.id not in self.slowed_down:
+            self.slowed_down.add(work.id)
+            raise runcue.RateLimited(retry_after=0.005)
         if outcome == "raise":
             raise Boom(f"work {params['n']} raises")
         if outcome == "flaky" and work.attempt == 1:
@@ -150,9 +164,19 @@ class LedgerMachine(RuleBasedStateMachine):
             raise RuntimeError(f"the check raises for group {work.params['group']}")
         return bool(value)
 
-    def _build(self, keep: int | None, checks: str, async_checks: bool) -> None:
+    async def _on_start(self, work: runcue.WorkUnit) -> None:
+        await anyio.sleep(0)
+        while self.hold_starts and not self.open_all:
+            assert self.start_gate is not None
+            await self.start_gate.wait()
+
+    async def _on_cancel(self, work: runcue.WorkUnit) -> None:
+        await anyio.sleep(0.001)
+
+    def _build(self, keep: int | None, checks: str, async_checks: bool, callbacks: bool) -> None:
         """Make the cue and its gates inside the event loop."""
         self.async_gates = [anyio.Event() for _ in range(GATES)]
+        self.start_gate = anyio.Event()
         cue = runcue.Cue(
             keep_finished=keep,
             checks=checks,  # type: ignore[arg-type]
@@ -189,12 +213,17 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             cue.is_ready(lambda work: self._flag(self.ready, work))
             cue.is_stale(lambda work: self._flag(self.stale, work))
+        if callbacks:
+            cue.on_start(self._on_start)
+            cue.on_cancel(self._on_cancel)
         cue.subscribe(self._listen)
         self.cue = cue
 
     def _open_everything(self) -> None:
         """Let every hanging handler, now and later, return (called on the loop)."""
         self.open_all = True
+        if self.start_gate is not None:
+            self.start_gate.set()
         for gate in self.async_gates:
             gate.set()
         for sync_gate in self.sync_gates:
@@ -255,15 +284,18 @@ class LedgerMachine(RuleBasedStateMachine):
         checks=st.sampled_from(["auto", "inline", "thread"]),
         async_checks=st.booleans(),
         end_mode=st.sampled_from(["drain", "stop"]),
+        callbacks=st.booleans(),
     )
-    def start(self, keep: int | None, checks: str, async_checks: bool, end_mode: str) -> None:
+    def start(
+        self, keep: int | None, checks: str, async_checks: bool, end_mode: str, callbacks: bool
+    ) -> None:
         """Start a portal on the backend and run a fresh cue under it."""
         self.keep = keep
         self.end_mode = end_mode
         self.portal = self.stack.enter_context(
             anyio.from_thread.start_blocking_portal(self.backend)
         )
-        self._call(self._build, keep, checks, async_checks)
+        self._call(self._build, keep, checks, async_checks, callbacks)
         self.run_future, _ = self.portal.start_task(self.live_cue.run)
 
     # ------------------------------------------------------------------ rules
@@ -411,6 +443,19 @@ class LedgerMachine(RuleBasedStateMachine):
     def change_limits(self, name: str, concurrent: int | None, rate: str | None) -> None:
         """Declare a service again with other limits while it runs."""
         self._call(self._limits, name, concurrent, rate)
+
+    def _hold_starts(self, hold: bool) -> None:
+        self.hold_starts = hold
+        if not hold:
+            assert self.start_gate is not None
+            self.start_gate.set()
+            self.start_gate = anyio.Event()
+
+    @rule(hold=st.booleans())
+    def hold_starts_in_on_start(self, hold: bool) -> None:
+        """Hold admitted starts in their async on_start (or let them go): limits may change,
+        services pause and the cue stop while they wait there."""
+        self._call(self._hold_starts, hold)
 
     @rule()
     def poke(self) -> None:

@@ -264,7 +264,9 @@ async def test_every_key_expires(server: RedisServer, redis_client: redis.Redis)
     assert keys == [
         "test:claim:job",
         "test:claims:epoch",
+        "test:claims:fence",
         "test:svc:api:epoch",
+        "test:svc:api:fence",
         "test:svc:api:leases",
         "test:svc:api:pause",
         "test:svc:api:rate:1000000",

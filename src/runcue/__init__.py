@@ -11,6 +11,7 @@ from ._cue import Cue as Cue
 from ._errors import CueStateError as CueStateError
 from ._errors import HandlerTimeout as HandlerTimeout
 from ._errors import InvalidRateError as InvalidRateError
+from ._errors import LeaseLost as LeaseLost
 from ._errors import PendingTimeout as PendingTimeout
 from ._errors import RateLimited as RateLimited
 from ._errors import RuncueError as RuncueError
@@ -31,6 +32,7 @@ from ._redis import RedisStore as RedisStore
 from ._stats import CueStats as CueStats
 from ._stats import RateWindowStats as RateWindowStats
 from ._stats import ServiceStats as ServiceStats
+from ._store import Grant as Grant
 from ._store import Store as Store
 from ._task import Backoff as Backoff
 from ._task import TaskSpec as TaskSpec
@@ -46,11 +48,13 @@ __all__ = [
     "Cue",
     "EVENT_KINDS",
     "File",
+    "Grant",
     "GraphReport",
     "CueStateError",
     "CueStats",
     "HandlerTimeout",
     "InvalidRateError",
+    "LeaseLost",
     "PendingTimeout",
     "PriorityContext",
     "RateLimited",

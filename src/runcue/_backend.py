@@ -8,6 +8,8 @@
 - The loop's own clock and cheapest cancel scope, which the scheduler uses once per work.
 - When the loop's next timer is due, and a yield that lets the due timers' tasks run: a
   burst of ``submit()`` calls uses them so that it never holds up timed work.
+- Handing a callback to the loop from another thread without waiting for the loop (a
+  thread may outlive its loop).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Protocol
 __all__ = [
     "RunnerScope",
     "current_backend",
+    "notifier_from_thread",
     "fast_clock",
     "let_due_timers_run",
     "next_timer_in",
@@ -156,6 +159,41 @@ def runner_scope() -> Callable[[], RunnerScope]:
     import anyio
 
     return anyio.CancelScope
+
+
+def notifier_from_thread() -> Callable[[Callable[[], object]], bool]:
+    """A function that another thread calls to have ``callback()`` run on this event loop
+    soon, *without waiting* for the loop: it returns at once, True when the callback was
+    handed over, False when the loop is gone (closed, or the trio run finished).
+
+    ``anyio.from_thread.run_sync`` waits for the loop to run the call; a thread that outlived
+    its loop (an abandoned sync handler returning after ``stop()``, when the loop has stopped
+    but is not closed) would wait there forever, and interpreter shutdown with it.
+    """
+    backend = current_backend()
+    if backend == "asyncio":
+        loop = asyncio.get_running_loop()
+
+        def asyncio_soon(callback: Callable[[], object]) -> bool:
+            try:
+                loop.call_soon_threadsafe(callback)
+            except RuntimeError:  # the loop is closed
+                return False
+            return True
+
+        return asyncio_soon
+    import trio
+
+    token = trio.lowlevel.current_trio_token()
+
+    def trio_soon(callback: Callable[[], object]) -> bool:
+        try:
+            token.run_sync_soon(callback)
+        except trio.RunFinishedError:
+            return False
+        return True
+
+    return trio_soon
 
 
 def spawn_background(run: Callable[[], Awaitable[None]]) -> str | None:

@@ -30,6 +30,7 @@ from ._errors import (
     WorkNotFound,
 )
 from ._events import WorkEvent
+from ._fleet import Fleet
 from ._graph import GraphReport, check_graph
 from ._hooks import Hooks
 from ._scheduler import IN_RUNNER, Scheduler
@@ -173,10 +174,11 @@ class Cue:
         if store is not None and not isinstance(store, Store):
             msg = f"store must implement the runcue Store protocol (e.g. RedisStore), got {store!r}"
             raise TypeError(msg)
+        ttl = _check_seconds("lease_ttl", lease_ttl, allow_none=False)
         self._engine.store = store
-        self._engine.lease_ttl = _check_seconds(  # type: ignore[assignment]
-            "lease_ttl", lease_ttl, allow_none=False
-        )
+        if store is not None:
+            self._engine.fleet = Fleet(store, clock=anyio.current_time)
+            self._engine.fleet.ttl = ttl  # type: ignore[assignment]
         self._state = _NEW
         self._mode: Literal["context", "run", "background"] | None = None
         self._own_entry = False  # run()/start() enter the cue themselves, their run prepared
@@ -354,6 +356,7 @@ class Cue:
             is_async_callable(hook)
             for hook in (hooks.on_complete, hooks.on_failure, hooks.on_retry, hooks.on_cancel)
         )
+        self._engine.async_on_start = is_async_callable(hooks.on_start)
         return func
 
     def is_ready(self, func: F) -> F:
@@ -441,9 +444,11 @@ class Cue:
         self._token = anyio.lowlevel.current_token()
         try:
             self._engine.bind(tg)
-            if self._engine.store is not None:
-                self._engine.owner = f"{socket.gethostname()}:{os.getpid()}:{self._id_prefix}"
-                tg.start_soon(self._engine.keep_leases)
+            fleet = self._engine.fleet
+            if fleet is not None:
+                owner = f"{socket.gethostname()}:{os.getpid()}:{self._id_prefix}"
+                fleet.bind(self._engine.clock, owner)
+                tg.start_soon(fleet.keep)
             await tg.start(self._run_loop)
         except BaseException:
             tg.cancel_scope.cancel()
@@ -581,6 +586,8 @@ class Cue:
         engine = self._engine
         engine.closing = True
         engine.wake()
+        if timeout == 0:
+            engine.cancel_running()  # told first: on_cancel callbacks of pending work wait
         await engine.cancel_all_pending("the cue stopped before this work ran")
         if timeout is None:
             await engine.wait_no_running()

@@ -9,6 +9,7 @@ The tree::
     ├── InvalidRateError (also ValueError)     a rate string that does not parse
     ├── WorkNotFound (also KeyError)           an id the cue does not know (or no longer keeps)
     ├── WorkCancelled                          wait() on work that was cancelled
+    ├── LeaseLost                              its store lease or claim ran out while it ran
     ├── WorkTimeout (also TimeoutError)
     │   ├── PendingTimeout                     waited longer than ``pending_timeout``
     │   ├── StallTimeout                       nothing progressed for ``stall_timeout``
@@ -22,6 +23,7 @@ __all__ = [
     "CueStateError",
     "HandlerTimeout",
     "InvalidRateError",
+    "LeaseLost",
     "PendingTimeout",
     "RateLimited",
     "RuncueError",
@@ -63,6 +65,12 @@ class WorkNotFound(RuncueError, KeyError):
 
 class WorkCancelled(RuncueError):
     """The work was cancelled before it finished: ``wait()`` raises this."""
+
+
+class LeaseLost(RuncueError):
+    """The work's lease (a shared service's slot) or claim (its key) in the store could not be
+    renewed before it expired: the handler was cancelled before another process could take
+    the slot, and the attempt failed with this error (retried when ``retry`` allows)."""
 
 
 class WorkTimeout(RuncueError, TimeoutError):

@@ -202,19 +202,34 @@ class RateLimiter:
         if not specs:
             msg = "a rate limiter needs at least one window"
             raise ValueError(msg)
-        past = tuple(history)
-        self.specs = tuple(specs)
         self._clock = clock
-        now = clock() if past else 0.0
-        self.windows = tuple(
-            SlidingWindow(
+        self.specs: tuple[RateSpec, ...] = ()
+        self.windows: tuple[SlidingWindow, ...] = ()
+        self._build(specs, tuple(history), 0)
+
+    def _build(self, specs: Sequence[RateSpec], past: tuple[float, ...], reserved: int) -> None:
+        now = self._clock() if past else 0.0
+        windows = []
+        for spec in specs:
+            window = SlidingWindow(
                 spec.limit,
                 spec.period,
-                clock=clock,
+                clock=self._clock,
                 history=[t for t in past if t + spec.period > now],
             )
-            for spec in specs
-        )
+            window.reserved = reserved
+            windows.append(window)
+        self.specs = tuple(specs)
+        self.windows = tuple(windows)
+
+    def reconfigure(self, specs: Sequence[RateSpec]) -> None:
+        """Change the windows in place: past starts still count, and starts reserved under the
+        old windows stay reserved in the new ones, so whoever holds such a reservation (an
+        attempt awaiting its ``on_start``) commits or releases it here, where it counts."""
+        if not specs:
+            msg = "a rate limiter needs at least one window"
+            raise ValueError(msg)
+        self._build(specs, self.history(), self.reserved)
 
     def next_free(self, now: float | None = None) -> float:
         """The earliest time at which every window admits one more start."""

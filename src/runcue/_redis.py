@@ -7,10 +7,15 @@ Every decision is one Lua script run atomically by the server, on the server's c
     {namespace}:svc:{service}:leases            sorted set: a member per lease, score = expiry
     {namespace}:svc:{service}:pause             string: paused until (µs)
     {namespace}:svc:{service}:epoch             string: "<born µs>:<token>", see "Restarts"
+    {namespace}:svc:{service}:fence             string: the last lease's fencing token
 
-and for claims ``{namespace}:claim:{key}`` (the owner, with a TTL) plus
-``{namespace}:claims:epoch`` and ``{namespace}:claims:pause``. Every key carries an expiry a
-little longer than the longest time it matters, so an abandoned namespace leaves nothing behind.
+and for claims ``{namespace}:claim:{key}`` ("<owner>#<fencing token>", with a TTL) plus
+``{namespace}:claims:epoch``, ``{namespace}:claims:pause`` and ``{namespace}:claims:fence``.
+A fencing token is the larger of the last one plus one and the server's time in µs, so it
+grows across a restart that lost the counter, and its key may expire (a moment after the
+holding it was made for could have).
+Every key carries an expiry a little longer than the longest time it matters, so an abandoned
+namespace leaves nothing behind.
 Times are whole microseconds (exact in a double until the year 2255).
 
 **Admission** (:meth:`RedisStore.acquire`): drop the starts that left each window and the leases
@@ -56,6 +61,8 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from ._store import Grant
+
 if TYPE_CHECKING:
     import redis
     from redis.commands.core import Script
@@ -87,6 +94,16 @@ local function fmt(x) return string.format('%.0f', x) end
 local function keep_at_least(key, ms)
   if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, fmt(ms)) end
 end
+local function next_fence(key, keep_ms)
+  local last = tonumber(redis.call('GET', key) or '0')
+  local token = math.max(last + 1, now)
+  redis.call('SET', key, fmt(token), 'PX', fmt(keep_ms))
+  return fmt(token)
+end
+local function owner_of(value)
+  if not value then return nil end
+  return string.match(value, '^(.*)#%d+$') or value
+end
 local function pause_until(key, when)
   if when <= now then return end
   local current = tonumber(redis.call('GET', key) or '0')
@@ -108,10 +125,10 @@ if lost then pause_until(KEYS[2], born + tonumber(ARGV[3])) end
 keep_at_least(KEYS[1], tonumber(ARGV[4]))
 """
 
-# KEYS: epoch, pause, leases, then one sorted set per window.
+# KEYS: epoch, pause, leases, fence, then one sorted set per window.
 # ARGV[5] concurrent (0 = none), ARGV[6] lease, ARGV[7] lease TTL (µs), ARGV[8] start member,
 # ARGV[9] longest wait (µs) when only leases are missing, then (period µs, limit) per window.
-# Returns {0, epoch} when admitted, else {µs to wait, epoch}.
+# Returns {0, epoch, fencing token ('' without a lease)} when admitted, else {µs to wait, epoch}.
 _ACQUIRE = (
     _PRELUDE
     + """
@@ -127,9 +144,9 @@ if concurrent > 0 then
     if w > wait then wait = w end
   end
 end
-for i = 4, #KEYS do
-  local period = tonumber(ARGV[10 + (i - 4) * 2])
-  local limit = tonumber(ARGV[11 + (i - 4) * 2])
+for i = 5, #KEYS do
+  local period = tonumber(ARGV[10 + (i - 5) * 2])
+  local limit = tonumber(ARGV[11 + (i - 5) * 2])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', fmt(now - period))
   local used = redis.call('ZCARD', KEYS[i])
   if used >= limit then
@@ -139,17 +156,19 @@ for i = 4, #KEYS do
   end
 end
 if wait > 0 then return {fmt(math.max(1, wait)), epoch} end
-for i = 4, #KEYS do
-  local period = tonumber(ARGV[10 + (i - 4) * 2])
+for i = 5, #KEYS do
+  local period = tonumber(ARGV[10 + (i - 5) * 2])
   redis.call('ZADD', KEYS[i], fmt(now), ARGV[8])
   keep_at_least(KEYS[i], math.ceil(period / 1000) + 1000)
 end
+local token = ''
 if concurrent > 0 then
   local ttl = tonumber(ARGV[7])
   redis.call('ZADD', KEYS[3], fmt(now + ttl), ARGV[6])
   keep_at_least(KEYS[3], math.ceil(ttl / 1000) + 1000)
+  token = next_fence(KEYS[4], math.ceil(ttl / 1000) + 1000)
 end
-return {'0', epoch}
+return {'0', epoch, token}
 """
 )
 
@@ -184,35 +203,41 @@ return epoch
 """
 )
 
-# KEYS: claims epoch, claims pause, the claim. ARGV[5] owner, ARGV[6] TTL (ms).
-# Returns {1 if the owner holds the claim now else 0, epoch}.
+# KEYS: claims epoch, claims pause, claims fence, the claim. ARGV[5] owner, ARGV[6] TTL (ms).
+# A claim's value is "<owner>#<fencing token>".
+# Returns {the token if the owner holds the claim now else 0, epoch}.
 _CLAIM = (
     _PRELUDE
     + """
-local holder = redis.call('GET', KEYS[3])
-if holder == ARGV[5] then
-  redis.call('PEXPIRE', KEYS[3], ARGV[6])
-  return {1, epoch}
+local holder = redis.call('GET', KEYS[4])
+if owner_of(holder) == ARGV[5] then
+  redis.call('PEXPIRE', KEYS[4], ARGV[6])
+  return {string.match(holder, '#(%d+)$') or '1', epoch}
 end
-if holder then return {0, epoch} end
-if tonumber(redis.call('GET', KEYS[2]) or '0') > now then return {0, epoch} end
-redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6])
-return {1, epoch}
+if holder then return {'0', epoch} end
+if tonumber(redis.call('GET', KEYS[2]) or '0') > now then return {'0', epoch} end
+local token = next_fence(KEYS[3], tonumber(ARGV[6]) + 1000)
+redis.call('SET', KEYS[4], ARGV[5] .. '#' .. token, 'PX', ARGV[6])
+return {token, epoch}
 """
 )
 
-# KEYS: claims epoch, claims pause, then the claims. ARGV[5] owner, ARGV[6] TTL (ms).
-# Extends the owner's claims; after a loss of state, while claims are paused for it, re-creates
-# them. Returns {epoch, 1|0...}.
+# KEYS: claims epoch, claims pause, claims fence, then the claims. ARGV[5] owner, ARGV[6] TTL
+# (ms). Extends the owner's claims; after a loss of state, while claims are paused for it,
+# re-creates them (with a new fencing token). Returns {epoch, 1|0...}.
 _RENEW_CLAIMS = (
     _PRELUDE
     + """
 local held = {epoch}
 local recreate = lost and now < born + tonumber(ARGV[3])  -- only while claims are paused
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   local holder = redis.call('GET', KEYS[i])
-  if holder == ARGV[5] or (recreate and not holder) then
-    redis.call('SET', KEYS[i], ARGV[5], 'PX', ARGV[6])
+  if owner_of(holder) == ARGV[5] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[6])
+    held[#held + 1] = 1
+  elseif recreate and not holder then
+    local token = next_fence(KEYS[3], tonumber(ARGV[6]) + 1000)
+    redis.call('SET', KEYS[i], ARGV[5] .. '#' .. token, 'PX', ARGV[6])
     held[#held + 1] = 1
   else
     held[#held + 1] = 0
@@ -224,7 +249,10 @@ return held
 
 # KEYS[1] the claim; ARGV[1] owner. Deletes the claim only when the owner holds it.
 _RELEASE_CLAIM = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local holder = redis.call('GET', KEYS[1])
+if holder and (string.match(holder, '^(.*)#%d+$') or holder) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 """
 
@@ -392,7 +420,8 @@ class RedisStore:
         """Take one start of ``service`` if the pause, every window and the leases allow it.
 
         Returns 0.0 when granted (the start is in every window and, with ``concurrent``,
-        ``lease`` is held for ``ttl`` seconds); otherwise changes nothing and returns the
+        ``lease`` is held for ``ttl`` seconds: then a :class:`Grant` carrying the lease's
+        fencing token); otherwise changes nothing and returns the
         seconds to wait before asking again.
         """
         longest = max((spec.period for spec in windows), default=0.0)
@@ -405,6 +434,7 @@ class RedisStore:
             self._key(service, "epoch"),
             self._key(service, "pause"),
             self._key(service, "leases"),
+            self._key(service, "fence"),
         ]
         args += [concurrent or 0, lease, _micros(ttl), f"{lease}/{self._new_token()}"]
         args.append(_micros(self.poll_interval))
@@ -413,19 +443,24 @@ class RedisStore:
             keys.append(self._key(service, f"rate:{period}"))
             args += [period, spec.limit]
         sent_at = time.monotonic()
-        wait, token = await self._call(functools.partial(self._acquire, keys, args))
-        self._saw(epoch, token, sent_at, grace)
-        return int(_text(wait)) / 1_000_000
+        reply = await self._call(functools.partial(self._acquire, keys, args))
+        self._saw(epoch, reply[1], sent_at, grace)
+        wait = int(_text(reply[0])) / 1_000_000
+        if wait > 0:
+            return wait
+        fence = _text(reply[2]) if len(reply) > 2 else ""
+        return Grant(int(fence)) if fence else 0.0
 
-    async def renew(self, service: str, leases: list[str], ttl: float) -> None:
-        """Extend these leases of ``service`` to ``ttl`` seconds from now.
+    async def renew(self, service: str, leases: list[str], ttl: float) -> list[str]:
+        """Extend these leases of ``service`` to ``ttl`` seconds from now; returns the leases
+        that had expired (the cue then cancels their handlers).
 
         A lease that already expired is not brought back (its slot may be taken): it is
         logged. After Redis lost its state (a restart), the leases are re-created: the
         service is paused for every process until its holders had time to do so.
         """
         if not leases:
-            return
+            return []
         with self._lock:
             grace = self._graces.get(service, ttl)
         epoch, args = self._epoch_args(service, grace)
@@ -438,6 +473,7 @@ class RedisStore:
         sent_at = time.monotonic()
         reply = await self._call(functools.partial(self._renew, keys, args))
         self._saw(epoch, reply[0], sent_at, grace)
+        lost: list[str] = []
         if len(reply) - 1 < len(leases):
             renewed = {_text(item) for item in reply[1:]}
             lost = [lease for lease in leases if lease not in renewed]
@@ -448,6 +484,7 @@ class RedisStore:
                 service,
                 ", ".join(lost[:5]),
             )
+        return lost
 
     async def release(self, service: str, lease: str) -> None:
         """Give a lease back (the handler finished)."""
@@ -470,22 +507,28 @@ class RedisStore:
     # ------------------------------------------------------------------ claims
 
     def _claim_keys(self) -> list[str]:
-        return [f"{self.namespace}:claims:epoch", f"{self.namespace}:claims:pause"]
+        return [
+            f"{self.namespace}:claims:epoch",
+            f"{self.namespace}:claims:pause",
+            f"{self.namespace}:claims:fence",
+        ]
 
-    async def claim(self, key: str, owner: str, ttl: float) -> bool:
-        """Claim keyed work for ``owner`` for ``ttl`` seconds; True if ``owner`` holds it now."""
+    async def claim(self, key: str, owner: str, ttl: float) -> int:
+        """Claim keyed work for ``owner`` for ``ttl`` seconds: the claim's fencing token (an
+        int >= 1) if ``owner`` holds it now, else 0."""
         epoch, args = self._epoch_args("", ttl)
         keys = [*self._claim_keys(), f"{self.namespace}:claim:{key}"]
         args += [owner, max(1, math.ceil(ttl * 1000))]
         sent_at = time.monotonic()
         held, token = await self._call(functools.partial(self._claim, keys, args))
         self._saw(epoch, token, sent_at, ttl)
-        return bool(held)
+        return int(_text(held))
 
-    async def renew_claims(self, keys: list[str], owner: str, ttl: float) -> None:
-        """Extend the claims ``owner`` holds on ``keys`` (re-created if Redis lost them)."""
+    async def renew_claims(self, keys: list[str], owner: str, ttl: float) -> list[str]:
+        """Extend the claims ``owner`` holds on ``keys`` (re-created if Redis lost them);
+        returns the keys it no longer held."""
         if not keys:
-            return
+            return []
         epoch, args = self._epoch_args("", ttl)
         names = [*self._claim_keys(), *(f"{self.namespace}:claim:{key}" for key in keys)]
         args += [owner, max(1, math.ceil(ttl * 1000))]
@@ -501,6 +544,7 @@ class RedisStore:
                 owner,
                 ", ".join(lost[:5]),
             )
+        return lost
 
     async def release_claim(self, key: str, owner: str) -> None:
         """Give up a claim (the work finished); only the holder's claim is removed."""

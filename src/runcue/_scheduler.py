@@ -46,7 +46,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import TaskGroup
@@ -62,6 +61,7 @@ from ._errors import (
     WorkCancelled,
 )
 from ._events import WorkEvent
+from ._fleet import Fleet
 from ._hooks import Hooks, call_hook, logger
 from ._rate import RateLimiter
 from ._service import Service
@@ -123,7 +123,7 @@ class _Spare:
 class _ThreadCall:
     """A sync handler's call in a worker thread, which may outlive the wait for it."""
 
-    __slots__ = ("_lock", "abandoned", "done", "finished", "started")
+    __slots__ = ("_lock", "abandoned", "done", "finished", "notify", "started")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -131,6 +131,7 @@ class _ThreadCall:
         self.finished = False
         self.abandoned = False
         self.done: anyio.Event | None = None
+        self.notify: Callable[[Callable[[], object]], bool] | None = None
 
     def run(self, handler: Callable[[WorkUnit], Any], work: WorkUnit) -> Any:
         with self._lock:
@@ -143,9 +144,9 @@ class _ThreadCall:
             with self._lock:
                 self.finished = True
                 tell = self.abandoned
-            if tell and self.done is not None:
-                with contextlib.suppress(Exception):  # the loop is gone: nobody waits
-                    anyio.from_thread.run_sync(self.done.set)
+            if tell and self.done is not None and self.notify is not None:
+                # Handed over without waiting: the loop may have stopped, or be gone.
+                self.notify(self.done.set)
 
     def abandon(self) -> bool:
         """Stop waiting; True when the handler is still running in its thread (then ``done``
@@ -155,6 +156,7 @@ class _ThreadCall:
             if self.finished or not self.started:
                 return False
             self.done = anyio.Event()
+            self.notify = _backend.notifier_from_thread()
             return True
 
 
@@ -221,6 +223,7 @@ class Scheduler:
         self._last_orphan_sweep = -math.inf
         self.producers: dict[Any, dict[str, WorkUnit]] = {}  # output key -> live producers
         self.waiting_on: dict[Any, dict[str, WorkUnit]] = {}  # input key -> parked consumers
+        self._waits_for: dict[str, list[Any]] = {}  # work id -> its keys in waiting_on
         checks.producers = self.producers
         self.delayed: list[tuple[float, int, int, WorkUnit]] = []
         self.deadlines: list[tuple[float, int, int, float, WorkUnit]] = []
@@ -256,12 +259,9 @@ class Scheduler:
         self._waiters: dict[str, anyio.Event] = {}
         self.listeners: list[Callable[[WorkEvent], object]] = []
         self.async_hooks = False  # an async outcome callback is registered
+        self.async_on_start = False  # on_start is async: the world may change while awaited
         self.store: Store | None = None
-        self.owner = ""  # this cue's identity in the store
-        self.lease_ttl = 10.0
-        self.leases: dict[str, tuple[str, str]] = {}  # work id -> (service, lease)
-        self.claims: dict[str, str] = {}  # work id -> claim key
-        self._keeper_event: anyio.Event | None = None
+        self.fleet: Fleet | None = None  # leases and claims in the store (with a store)
         # (loop clock, time.monotonic()) when the last run stopped: see bind().
         self._stopped_monotonic: tuple[float, float] | None = None
 
@@ -305,7 +305,6 @@ class Scheduler:
         self.stopped_at = None
         self._wake_in_stream = False
         self._no_running = None
-        self._keeper_event = None
         self.stall_warned = False
         if self._idle.is_set():  # (an unset one may have a join() waiting on it already)
             self._idle = anyio.Event()  # made on this run's loop
@@ -461,6 +460,8 @@ class Scheduler:
 
     async def _tick(self) -> None:
         now = self.clock()
+        if self.fleet is not None and self.fleet.holdings:
+            self.fleet.expire(now)
         self._due_retries(now)
         if self.deadlines:
             await self._due_deadlines(now)
@@ -491,6 +492,8 @@ class Scheduler:
             deadline = self.delayed[0][0]
         if self.deadlines:
             deadline = min(deadline, self.deadlines[0][0])
+        if self.fleet is not None and self.fleet.holdings:
+            deadline = min(deadline, self.fleet.next_deadline())
         if self.parked:
             if self._sweep_wanted:
                 deadline = min(deadline, self._sweep_wanted_at())
@@ -594,13 +597,18 @@ class Scheduler:
         work._where = PARKED
         work._blocked = verdict  # the checks' shared tuples: no allocation per waiting work
         precise = False
+        if self._waits_for:
+            self._forget_waiting(work)  # what it waited for before this check
         if reason == "not_ready" and work._missing:
+            keys = []
             for item in work._missing:
                 key = artifact_key(item)
+                keys.append(key)
                 self.waiting_on.setdefault(key, {})[work.id] = work
                 producers = self.producers.get(key)
                 if producers and any(p is not work for p in producers.values()):
                     precise = True
+            self._waits_for[work.id] = keys
         if precise:
             self.parked_precise[work.id] = work
         elif work._missing and reason == "not_ready" and asked_inline:
@@ -613,6 +621,16 @@ class Scheduler:
             self.parked[work.id] = work
         if self.listeners:
             self.emit("waiting", work, f"{reason}: {details}")
+
+    def _forget_waiting(self, work: WorkUnit) -> None:
+        """Take a work out of ``waiting_on`` (and drop the keys nobody waits for any more)."""
+        waiting_on = self.waiting_on
+        for key in self._waits_for.pop(work.id, ()):
+            waiting = waiting_on.get(key)
+            if waiting is not None:
+                waiting.pop(work.id, None)
+                if not waiting:
+                    del waiting_on[key]
 
     def _recheck_gap(self) -> float:
         return max(self.recheck_interval, PERIODIC_BUDGET * self._last_sweep_cost)
@@ -776,9 +794,11 @@ class Scheduler:
         Keyed work is claimed before its checks are asked (so a process that waited for
         another's claim sees the output through ``is_stale``); a shared service asks the store
         for each start after its local slots are taken, and gives them back when refused.
+        After every await, the decision is taken again: the work may have been cancelled,
+        the cue may be stopping, the service paused.
         """
-        store = self.store
-        assert store is not None
+        fleet = self.fleet
+        assert fleet is not None
         checks = self.checks
         for service in list(self.queued_services):
             while service.queued and not self.closing:
@@ -791,15 +811,14 @@ class Scheduler:
                 if work is None:
                     break
                 work._where = CHECKING
-                if work.key is not None and work.id not in self.claims:
-                    claimed = await self._claim(work)
+                if work.key is not None and not fleet.claimed(work):
+                    claimed = await fleet.claim(work)
                     if work._where != CHECKING:
                         if claimed:  # cancelled while claiming: let the others have it
-                            assert self.tg is not None
-                            self.tg.start_soon(self._give_back, work)
+                            self._give_back_soon(work)
                         continue
                     if not claimed:
-                        self._delay(work, min(1.0, self.lease_ttl / 4), "claimed_elsewhere")
+                        self._delay(work, min(1.0, fleet.ttl / 4), "claimed_elsewhere")
                         continue
                 if checks.active and not await self._check_one(work, service):
                     continue
@@ -807,73 +826,30 @@ class Scheduler:
                 if slots is None:
                     self._enqueue(work, self.clock())
                     break
-                lease = ""
                 if service.shared:
-                    lease = f"{self.owner}:{work.id}:{work.attempt}:{self.seq}"
-                    wait = await self._acquire_shared(service, lease)
-                    if wait > 0 or work._where != CHECKING:
+                    wait = await fleet.acquire(service, work)
+                    held_back = not self._still_admitted(work, service)
+                    if wait > 0 or work._where != CHECKING or held_back:
                         self._release(service, *slots)
-                        if wait <= 0:  # granted, but the work was cancelled meanwhile
-                            self.leases[work.id] = (service.name, lease)
-                            assert self.tg is not None
-                            self.tg.start_soon(self._give_back, work)
-                            continue
+                        if wait <= 0:  # granted, but cancelled or held back meanwhile
+                            self._give_back_soon(work)
+                            if work._where != CHECKING:
+                                continue
                         if work._where == CHECKING:
                             self._enqueue(work, self.clock())
-                        service.shared_wait_until = self.clock() + wait
+                        if wait > 0:
+                            service.shared_wait_until = self.clock() + wait
                         break
-                    self.leases[work.id] = (service.name, lease)
-                    self._keeper_wanted()
                 self._mark_running(work, service)
                 self._launch(work, service, *slots)
             if service.queued == 0:
                 service.queue.clear()
                 self.queued_services.pop(service, None)
 
-    async def _acquire_shared(self, service: Service, lease: str) -> float:
-        """Ask the store for one start; seconds to wait when refused or unreachable."""
-        store = self.store
-        assert store is not None and service.name is not None
-        try:
-            wait = await store.acquire(
-                service.name,
-                windows=service.rate.specs if service.rate is not None else (),
-                concurrent=service.concurrent,
-                lease=lease,
-                ttl=self.lease_ttl,
-            )
-        except Exception as exc:
-            service.store_backoff = min(5.0, max(0.05, service.store_backoff * 2))
-            if service.store_error is None:
-                logger.warning(
-                    "runcue: the store is unreachable for shared service %r (%r); it starts"
-                    " nothing until the store answers again (retrying with backoff)",
-                    service.name,
-                    exc,
-                )
-            service.store_error = repr(exc)
-            return service.store_backoff
-        if service.store_error is not None:
-            logger.warning(
-                "runcue: the store answers again; shared service %r resumes", service.name
-            )
-        service.store_error = None
-        service.store_backoff = 0.0
-        return max(0.0, wait)
-
-    async def _claim(self, work: WorkUnit) -> bool:
-        store = self.store
-        assert store is not None
-        key = f"{work.task}:{work.key!r}"
-        try:
-            claimed = await store.claim(key, self.owner, self.lease_ttl)
-        except Exception as exc:
-            logger.warning("runcue: could not claim %s in the store (%r); retrying", work, exc)
-            return False
-        if claimed:
-            self.claims[work.id] = key
-            self._keeper_wanted()
-        return claimed
+    def _give_back_soon(self, work: WorkUnit) -> None:
+        assert self.fleet is not None and self.tg is not None
+        if self.fleet.holds(work):
+            self.tg.start_soon(self.fleet.give_back, work)
 
     def _delay(self, work: WorkUnit, seconds: float, reason: str) -> None:
         """Hold pending work aside until ``seconds`` from now (a retry, or a claim elsewhere)."""
@@ -881,51 +857,6 @@ class Scheduler:
         work._where = DELAYED
         work._blocked = (reason, f"asked again in {seconds:.3g}s")
         heapq.heappush(self.delayed, (self.clock() + seconds, work._seq, work._token, work))
-
-    def _keeper_wanted(self) -> None:
-        if self._keeper_event is not None:
-            self._keeper_event.set()
-
-    async def keep_leases(self) -> None:
-        """Renew the store leases and claims this cue holds, every third of their TTL."""
-        store = self.store
-        assert store is not None
-        while True:
-            if not self.leases and not self.claims:
-                self._keeper_event = anyio.Event()
-                await self._keeper_event.wait()
-            await anyio.sleep(self.lease_ttl / 3)
-            by_service: dict[str, list[str]] = {}
-            for service_name, lease in list(self.leases.values()):
-                by_service.setdefault(service_name, []).append(lease)
-            try:
-                for service_name, leases in by_service.items():
-                    await store.renew(service_name, leases, self.lease_ttl)
-                if self.claims:
-                    await store.renew_claims(list(self.claims.values()), self.owner, self.lease_ttl)
-            except Exception as exc:
-                logger.warning("runcue: renewing leases in the store failed (%r)", exc)
-
-    async def _give_back(self, work: WorkUnit) -> None:
-        """Return a finished work's lease and claim to the store (shielded, bounded)."""
-        store = self.store
-        assert store is not None
-        lease = self.leases.pop(work.id, None)
-        claim = self.claims.pop(work.id, None)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            try:
-                if lease is not None:
-                    await store.release(lease[0], lease[1])
-                if claim is not None:
-                    await store.release_claim(claim, self.owner)
-            except Exception as exc:
-                logger.warning(
-                    "runcue: giving %s's lease back to the store failed (%r); it expires"
-                    " within %gs",
-                    work,
-                    exc,
-                    self.lease_ttl,
-                )
 
     def _start(self, work: WorkUnit, service: Service) -> bool:
         """Take room in the service and hand the work to a runner; False when there is no
@@ -987,6 +918,8 @@ class Scheduler:
         """Take a concurrency slot (and a thread slot for a sync handler on a service without
         ``concurrent``) and a local rate slot, all or nothing. Returns the thread slot's
         borrower (None without one) and whether a thread slot was taken."""
+        if self.closing:
+            return None  # the cue is stopping: it starts nothing new, whatever was decided
         if service.paused_until != -math.inf and service.paused_until > self.clock():
             return None  # RateLimited paused the service: nothing of it starts
         slots = service.limiter
@@ -1123,12 +1056,22 @@ class Scheduler:
         error: BaseException | None = None
         snapshot: Snapshot | None = None
         rate = None if service.shared else service.rate  # holds a reservation for this start
+        if not self._still_admitted(work, service):
+            # Admitted, then handed to this runner: the cue began stopping, or the service was
+            # paused (RateLimited), before the runner got to it. No handler call now.
+            self._unadmit(work, service, borrower, thread_slot, rate)
+            return None
         begun = self.clock()
         try:
             if work._cancel_requested:
                 await anyio.lowlevel.checkpoint()  # cancelled before it started: no handler call
             if hooks.on_start is not None:
                 await self._report("on_start", hooks.on_start, work)
+                if self.async_on_start and not self._still_admitted(work, service):
+                    # Stopping, or paused (RateLimited) while on_start was awaited: the
+                    # handler does not start now; the work goes back to pending.
+                    self._unadmit(work, service, borrower, thread_slot, rate)
+                    return None
             if work._outputs and spec.delete_on_error:
                 snapshot = Snapshot(work._outputs)
             if rate is not None:
@@ -1140,18 +1083,14 @@ class Scheduler:
                 begun = self.clock()  # the handler's own time, after its on_start
             if not spec.is_async:
                 call = _ThreadCall()
-            if spec.timeout is None:
+            guard = None if self.fleet is None else self.fleet.guard(work)
+            if spec.timeout is None and guard is None:
                 if call is None:
                     result = await spec.handler(work)  # the common case, without a detour
                 else:
                     result = await self._invoke(spec, work, call)
-            else:  # a scope only when needed: entering one costs as much as a no-op handler
-                with anyio.CancelScope(deadline=begun + spec.timeout) as limit:
-                    result = await self._invoke(spec, work, call)
-                if limit.cancelled_caught:
-                    error = HandlerTimeout(
-                        f"task {spec.name!r} ran longer than its timeout of {spec.timeout:g}s"
-                    )
+            else:  # scopes only when needed: entering one costs as much as a no-op handler
+                result, error = await self._invoke_bounded(spec, work, call, begun, guard)
         except Exception as exc:
             error = exc
         except BaseException as exc:
@@ -1175,20 +1114,80 @@ class Scheduler:
             self._release(service, borrower, thread_slot)
         if work._outputs:
             self._check_outputs(work, error, snapshot)
-        if self.store is not None and work.id in self.leases:
-            lease = self.leases.pop(work.id)
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                try:
-                    await self.store.release(*lease)
-                    if isinstance(error, RateLimited):
-                        await self.store.pause(lease[0], error.retry_after)
-                except Exception as exc:
-                    logger.warning("runcue: giving lease %s back failed (%r)", lease[1], exc)
+        if self.fleet is not None:
+            await self.fleet.after_attempt(work, error)
         if error is None and self.hooks.on_complete is None and not work._cancel_requested:
             self._completed(work, service, result, duration)  # the common case: no await
         else:
             await self._conclude(work, service, result, error, duration)
         return call if still_running else None
+
+    def _still_admitted(self, work: WorkUnit, service: Service) -> bool:
+        """After an await (or a hand-over to a runner) between admission and the handler
+        call: do the limits still let this work start? (The cue may have begun stopping, or
+        the service been paused.)"""
+        if self.closing:
+            return False
+        paused = service.paused_until
+        return paused == -math.inf or paused <= self.clock()
+
+    def _unadmit(
+        self,
+        work: WorkUnit,
+        service: Service,
+        borrower: object,
+        thread_slot: bool,
+        rate: RateLimiter | None,
+    ) -> None:
+        """Take back an admission whose handler was not called: its slots and rate slot are
+        freed, the start is not counted, and the work is pending again (or cancelled, when
+        the cue is stopping)."""
+        if rate is not None:
+            rate.release()
+        self._release(service, borrower, thread_slot)
+        self.running -= 1
+        service.running -= 1
+        service.started -= 1
+        work.started_at = None
+        now = self.clock()
+        if self._back_to_pending(work, now):
+            self._enqueue(work, now)
+            if self.listeners:
+                self.emit("waiting", work, "paused: the service paused before the handler")
+            self.wake()
+        if self.running <= 1:
+            self._check_idle()
+
+    async def _invoke_bounded(
+        self,
+        spec: TaskSpec,
+        work: WorkUnit,
+        call: _ThreadCall | None,
+        begun: float,
+        guard: anyio.CancelScope | None,
+    ) -> tuple[Any, BaseException | None]:
+        """The handler inside the scopes that may end it early: its task's timeout, and the
+        loss of what it holds in the store. Returns its result and the error that ended it."""
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            with guard if guard is not None else contextlib.nullcontext():
+                if spec.timeout is None:
+                    result = await self._invoke(spec, work, call)
+                else:
+                    with anyio.CancelScope(deadline=begun + spec.timeout) as limit:
+                        result = await self._invoke(spec, work, call)
+                    if limit.cancelled_caught:
+                        error = HandlerTimeout(
+                            f"task {spec.name!r} ran longer than its timeout of {spec.timeout:g}s"
+                        )
+        finally:
+            if guard is not None:
+                assert self.fleet is not None
+                lost = self.fleet.lost(work, guard)
+                if lost is not None:
+                    error = lost
+        return result, error
 
     async def _invoke(self, spec: TaskSpec, work: WorkUnit, call: _ThreadCall | None) -> Any:
         """Call the handler: an async one here, a sync one in a worker thread."""
@@ -1491,14 +1490,11 @@ class Scheduler:
         self.works.pop(work_id, None)
         if work._outputs:
             self._wake_dependents(work)
-        if self.store is not None and (work_id in self.claims or work_id in self.leases):
-            assert self.tg is not None
-            self.tg.start_soon(self._give_back, work)
+        if self.fleet is not None:
+            self._give_back_soon(work)
+        if self._waits_for:
+            self._forget_waiting(work)
         if work._missing:
-            for item in work._missing:
-                waiting = self.waiting_on.get(artifact_key(item))
-                if waiting is not None:
-                    waiting.pop(work_id, None)
             work._missing = []
         digest = work._dedup_key
         if digest is not None:
@@ -1665,7 +1661,13 @@ class Scheduler:
         return False
 
     async def cancel_all_pending(self, reason: str) -> int:
-        """Cancel every pending work unit (the cue is stopping); returns how many."""
+        """Cancel every pending work unit (the cue is stopping); returns how many.
+
+        All of them end cancelled at once, with no await in between (a check or a claim
+        still being awaited for one of them finds it cancelled and starts nothing); then
+        their ``on_cancel`` callbacks run concurrently, each bounded like any callback: in
+        the cue's task group while it runs (``stop()`` waits for them), else right here.
+        """
         victims = [w for w in self.works.values() if w.state is WorkState.PENDING]
         if victims:
             logger.warning(
@@ -1674,7 +1676,18 @@ class Scheduler:
                 ", ".join(repr(w) for w in victims[:5]) + (" ..." if len(victims) > 5 else ""),
             )
         for work in victims:
-            await self.cancel(work, reason)
+            self.cancelled += 1
+            self._finish(work, WorkState.CANCELLED, exception=WorkCancelled(reason))
+        hook = self.hooks.on_cancel
+        if hook is not None and victims:
+            if self.tg is not None or not is_async_callable(hook):
+                for work in victims:
+                    self._report_soon("on_cancel", hook, work)
+            else:  # stopped before it ran: no task group of the cue's to run them in
+                async with anyio.create_task_group() as tg:
+                    for work in victims:
+                        self._reporting += 1
+                        tg.start_soon(self._report_counted, "on_cancel", hook, work)
         return len(victims)
 
     def cancel_running(self) -> None:

@@ -107,12 +107,13 @@ class Service:
         """Set (or change, while running) the limits. Past starts still count."""
         specs: tuple[RateSpec, ...] = parse_rate(rate) if rate is not None else ()
         concurrent = validate_concurrent(self.name, concurrent)
-        history = self.rate.history() if self.rate is not None else ()
-        reserved = self.rate.reserved if self.rate is not None else 0
-        self.rate = RateLimiter(specs, clock=self._clock, history=history) if specs else None
-        if self.rate is not None:
-            for window in self.rate.windows:
-                window.reserved = reserved  # starts decided under the old limits still count
+        if not specs:
+            self.rate = None
+        elif self.rate is None:
+            self.rate = RateLimiter(specs, clock=self._clock)
+        else:
+            # In place: attempts holding a reservation keep a reference to this limiter.
+            self.rate.reconfigure(specs)
         self.rate_text = rate
         self.concurrent = concurrent
         if self.limiter is not None:

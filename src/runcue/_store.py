@@ -15,17 +15,35 @@ store (and namespace) shares one budget:
 
 When the store cannot be reached, shared services start nothing (they fail closed), retry with
 backoff, and say so in the log, ``debug_blocked()`` and ``stats()``; nothing queued is lost.
+A lease or claim that cannot be renewed before it expires is lost: its handler is cancelled
+first (see ``_fleet.py`` for exactly what holds, and the fencing tokens).
 :class:`runcue.RedisStore` implements this protocol on a Redis server.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from ._rate import RateSpec
 
-__all__ = ["Store"]
+__all__ = ["Grant", "Store"]
+
+
+class Grant(float):
+    """What ``Store.acquire`` returns for a start granted with a lease: 0.0 (no wait) that
+    carries the lease's ``fencing_token``."""
+
+    fencing_token: int
+
+    def __new__(cls, fencing_token: int) -> Grant:
+        grant = super().__new__(cls, 0.0)
+        grant.fencing_token = fencing_token
+        return grant
+
+    def __repr__(self) -> str:
+        return f"Grant(fencing_token={self.fencing_token})"
 
 
 @runtime_checkable
@@ -44,14 +62,17 @@ class Store(Protocol):
         """Take one start of ``service`` if every limit allows it, atomically.
 
         Records the start in every rate window and, when ``concurrent`` is set, holds
-        ``lease`` for ``ttl`` seconds. Returns 0.0 when granted; otherwise changes nothing
-        and returns the seconds to wait before asking again (a pause, a full window, or
-        all leases taken).
+        ``lease`` for ``ttl`` seconds. Returns 0.0 when granted -- or ``Grant(token)``, a 0.0
+        that carries the lease's fencing token, greater than every token granted for this
+        service before -- otherwise changes nothing and returns the seconds to wait before
+        asking again (a pause, a full window, or all leases taken).
         """
         ...
 
-    async def renew(self, service: str, leases: list[str], ttl: float) -> None:
-        """Extend these leases of ``service`` to ``ttl`` seconds from now."""
+    async def renew(self, service: str, leases: list[str], ttl: float) -> Collection[str] | None:
+        """Extend these leases of ``service`` to ``ttl`` seconds from now; returns the leases
+        that could not be renewed because they had expired (None: all renewed, or unknown).
+        The cue treats those as lost: their handlers are cancelled."""
         ...
 
     async def release(self, service: str, lease: str) -> None:
@@ -62,12 +83,15 @@ class Store(Protocol):
         """Start nothing of ``service`` anywhere for ``seconds`` (never shortens a pause)."""
         ...
 
-    async def claim(self, key: str, owner: str, ttl: float) -> bool:
-        """Claim keyed work for ``owner`` for ``ttl`` seconds; True if ``owner`` holds it now."""
+    async def claim(self, key: str, owner: str, ttl: float) -> bool | int:
+        """Claim keyed work for ``owner`` for ``ttl`` seconds. Falsy when another owner holds
+        it; when ``owner`` holds it now: True, or the claim's fencing token (an int >= 1,
+        greater than every token granted for a claim before)."""
         ...
 
-    async def renew_claims(self, keys: list[str], owner: str, ttl: float) -> None:
-        """Extend the claims ``owner`` holds on ``keys``."""
+    async def renew_claims(self, keys: list[str], owner: str, ttl: float) -> Collection[str] | None:
+        """Extend the claims ``owner`` holds on ``keys``; returns the keys it no longer held
+        (None: all renewed, or unknown)."""
         ...
 
     async def release_claim(self, key: str, owner: str) -> None:

@@ -40,8 +40,10 @@ class WorkUnit:
 
     The public fields are ``id``, ``task``, ``params``, ``attempt``, ``priority``, ``key``,
     ``state``, ``result``, ``error`` (the failure's message), ``exception`` (the failure
-    itself), ``skipped``, and the wall-clock timestamps ``created_at``, ``started_at`` and
-    ``completed_at`` (``time.time()`` values, for logs and display). runcue changes them; treat
+    itself), ``skipped``, ``fencing_token`` (with a store: the token of the claim on its key,
+    else of its shared service's lease; None without), and the wall-clock timestamps
+    ``created_at``, ``started_at`` and ``completed_at`` (``time.time()`` values, for logs and
+    display). runcue changes them; treat
     them as read-only. Attributes starting with ``_`` belong to the scheduler.
     """
 
@@ -63,6 +65,7 @@ class WorkUnit:
         "completed_at",
         "created_at",
         "exception",
+        "fencing_token",
         "id",
         "key",
         "params",
@@ -83,6 +86,7 @@ class WorkUnit:
     state: WorkState
     result: Any
     exception: BaseException | None
+    fencing_token: int | None
     skipped: bool
     created_at: float
     started_at: float | None
@@ -130,6 +134,7 @@ class WorkUnit:
         self.state = state
         self.result = result
         self.exception = None if error is None else Exception(error)
+        self.fencing_token = None
         self.skipped = False
         self.created_at = created_at
         self.started_at = started_at

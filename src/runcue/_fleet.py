@@ -1,0 +1,305 @@
+"""The fleet: what this cue holds in a shared store, kept alive, and given up when it is lost.
+
+With ``Cue(store=...)``, work can hold two things in the store while it runs: a **lease** (a
+slot of a ``shared=True`` service with ``concurrent``) and a **claim** (keyed work). Both live
+``lease_ttl`` seconds on the store's clock unless renewed; the keeper renews them every third
+of that.
+
+**What holds when the store cannot be reached.** Each holding has a local deadline: the time
+the request that granted (or last renewed) it was *sent*, plus ``lease_ttl``. The store set
+its expiry after it received that request, so the holding surely lives until then, whatever
+happened since. A holding not renewed by ``LEASE_MARGIN`` of the TTL before that deadline is
+lost: its running handler is cancelled and the attempt fails with :class:`LeaseLost` (retried
+if the task's ``retry`` allows, after claiming and leasing again) -- before the store frees
+the slot or the claim for anyone else, as long as the handler can be cancelled (an async
+handler, at its next await) and this process is not itself stopped. Neither a sync handler
+(a thread cannot be stopped) nor a paused process can be held back by a client-side timer:
+for those, every grant carries a **fencing token**, an integer that grows with every grant of
+the same service's lease or of any claim (also across a store restart: it never falls below
+the store's clock in microseconds), given to the handler as ``work.fencing_token``. A system
+the handler writes to can refuse writes that carry a token older than one it has seen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._errors import LeaseLost, RateLimited
+from ._hooks import logger
+from ._store import Store
+
+if TYPE_CHECKING:
+    from ._service import Service
+    from ._work import WorkUnit
+
+__all__ = ["LEASE_MARGIN", "Fleet", "Holding"]
+
+LEASE_MARGIN = 0.1  # a holding not renewed this share of the TTL before it expires is lost
+
+
+class Holding:
+    """What one work holds in the store: a lease of its service, a claim on its key."""
+
+    __slots__ = ("claim", "claimed_until", "lease", "leased_until", "lost", "scope", "service")
+
+    def __init__(self) -> None:
+        self.service: str | None = None  # the shared service of the start (None: none)
+        self.lease: str | None = None  # the start's name in the store
+        self.leased_until = math.inf  # the local deadline of its lease (inf: no lease held)
+        self.claim: str | None = None  # the claim key
+        self.claimed_until = math.inf
+        self.scope: anyio.CancelScope | None = None  # around the running handler
+        self.lost: str | None = None  # why the holding was lost
+
+    @property
+    def until(self) -> float:
+        return min(self.leased_until, self.claimed_until)
+
+
+def _answer(result: float) -> tuple[float, int | None]:
+    """A store's ``acquire`` answer: seconds to wait, and the lease's fencing token if any."""
+    token = getattr(result, "fencing_token", None)
+    return float(result), (None if token is None else int(token))
+
+
+class Fleet:
+    """Leases, claims, their renewal and their loss, for one cue with a store."""
+
+    def __init__(self, store: Store, *, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.clock = clock
+        self.owner = ""  # this cue's identity in the store (set when it starts)
+        self.ttl = 10.0
+        self.holdings: dict[str, Holding] = {}  # work id -> what it holds
+        self._keeper_event: anyio.Event | None = None
+        self.seq = 0
+
+    def bind(self, clock: Callable[[], float], owner: str) -> None:
+        self.clock = clock
+        self.owner = owner
+        self._keeper_event = None
+
+    def _holding(self, work: WorkUnit) -> Holding:
+        holding = self.holdings.get(work.id)
+        if holding is None:
+            holding = self.holdings[work.id] = Holding()
+        return holding
+
+    def claimed(self, work: WorkUnit) -> bool:
+        holding = self.holdings.get(work.id)
+        return holding is not None and holding.claim is not None
+
+    def _wanted(self) -> None:
+        if self._keeper_event is not None:
+            self._keeper_event.set()
+
+    # ------------------------------------------------------------------ taking
+
+    async def claim(self, work: WorkUnit) -> bool:
+        """Claim keyed work for this cue; True when it holds the claim now."""
+        key = f"{work.task}:{work.key!r}"
+        sent_at = self.clock()
+        try:
+            result = await self.store.claim(key, self.owner, self.ttl)
+        except Exception as exc:
+            logger.warning("runcue: could not claim %s in the store (%r); retrying", work, exc)
+            return False
+        if not result:
+            return False
+        holding = self._holding(work)
+        holding.claim = key
+        holding.claimed_until = sent_at + self.ttl
+        holding.lost = None
+        if not isinstance(result, bool):
+            work.fencing_token = int(result)
+        self._wanted()
+        return True
+
+    async def acquire(self, service: Service, work: WorkUnit) -> float:
+        """Ask the store for one start of a shared service; 0.0 when granted (the work then
+        holds it), else seconds to wait (refused, or the store is unreachable)."""
+        assert service.name is not None
+        self.seq += 1
+        lease = f"{self.owner}:{work.id}:{work.attempt}:{self.seq}"
+        sent_at = self.clock()
+        try:
+            wait, token = _answer(
+                await self.store.acquire(
+                    service.name,
+                    windows=service.rate.specs if service.rate is not None else (),
+                    concurrent=service.concurrent,
+                    lease=lease,
+                    ttl=self.ttl,
+                )
+            )
+        except Exception as exc:
+            service.store_backoff = min(5.0, max(0.05, service.store_backoff * 2))
+            if service.store_error is None:
+                logger.warning(
+                    "runcue: the store is unreachable for shared service %r (%r); it starts"
+                    " nothing until the store answers again (retrying with backoff)",
+                    service.name,
+                    exc,
+                )
+            service.store_error = repr(exc)
+            return service.store_backoff
+        if service.store_error is not None:
+            logger.warning(
+                "runcue: the store answers again; shared service %r resumes", service.name
+            )
+        service.store_error = None
+        service.store_backoff = 0.0
+        if wait > 0:
+            return wait
+        holding = self._holding(work)
+        holding.service = service.name
+        holding.lost = None
+        if service.concurrent is not None:  # a lease only exists with a concurrency limit
+            holding.lease = lease
+            holding.leased_until = sent_at + self.ttl
+            self._wanted()
+            if token is not None and holding.claim is None:
+                work.fencing_token = token
+        return 0.0
+
+    # ------------------------------------------------------------------ keeping
+
+    async def keep(self) -> None:
+        """Renew every lease and claim held, every third of the TTL (a task of the cue)."""
+        while True:
+            if not any(h.lease or h.claim for h in self.holdings.values()):
+                self._keeper_event = anyio.Event()
+                await self._keeper_event.wait()
+            await anyio.sleep(self.ttl / 3)
+            await self.renew()
+
+    async def renew(self) -> None:
+        """One round of renewals; a holding the store no longer has is lost at once."""
+        leases: dict[str, dict[str, Holding]] = {}
+        claims: dict[str, Holding] = {}
+        for holding in list(self.holdings.values()):
+            if holding.lost is not None:
+                continue
+            if holding.lease is not None and holding.service is not None:
+                leases.setdefault(holding.service, {})[holding.lease] = holding
+            if holding.claim is not None:
+                claims[holding.claim] = holding
+        try:
+            for service_name, held in leases.items():
+                sent_at = self.clock()
+                gone = await self.store.renew(service_name, list(held), self.ttl)
+                for lease, holding in held.items():
+                    if gone and lease in gone:
+                        self._lose(holding, f"its lease of shared service {service_name!r} expired")
+                    elif holding.lease == lease:
+                        holding.leased_until = sent_at + self.ttl
+            if claims:
+                sent_at = self.clock()
+                gone = await self.store.renew_claims(list(claims), self.owner, self.ttl)
+                for key, holding in claims.items():
+                    if gone and key in gone:
+                        self._lose(holding, f"its claim on {key!r} expired")
+                    elif holding.claim == key:
+                        holding.claimed_until = sent_at + self.ttl
+        except Exception as exc:
+            logger.warning("runcue: renewing leases in the store failed (%r)", exc)
+
+    def next_deadline(self) -> float:
+        """When the first holding runs out unless renewed first (the scheduler wakes then)."""
+        margin = LEASE_MARGIN * self.ttl
+        until = min((h.until for h in self.holdings.values() if h.lost is None), default=math.inf)
+        return until - margin
+
+    def expire(self, now: float) -> None:
+        """Give up every holding not renewed in time: its handler is cancelled."""
+        margin = LEASE_MARGIN * self.ttl
+        for holding in list(self.holdings.values()):
+            if holding.lost is None and holding.until - margin <= now:
+                self._lose(
+                    holding,
+                    f"the store could not be reached to renew it within lease_ttl={self.ttl:g}s",
+                )
+
+    def _lose(self, holding: Holding, why: str) -> None:
+        if holding.lost is not None:
+            return
+        holding.lost = why
+        logger.warning("runcue: a store holding was lost (%s)", why)
+        if holding.scope is not None:
+            holding.scope.cancel()
+        else:  # not running: forget it, so the work claims and leases again before it runs
+            holding.claim = holding.lease = None
+            holding.claimed_until = holding.leased_until = math.inf
+
+    # ------------------------------------------------------------------ running
+
+    def guard(self, work: WorkUnit) -> anyio.CancelScope | None:
+        """A cancel scope for the handler of work that holds something (else None)."""
+        holding = self.holdings.get(work.id)
+        if holding is None or (holding.lease is None and holding.claim is None):
+            return None
+        holding.scope = anyio.CancelScope()
+        return holding.scope
+
+    def lost(self, work: WorkUnit, scope: anyio.CancelScope) -> LeaseLost | None:
+        """After the handler: the error when its holding was lost (and its scope cancelled)."""
+        holding = self.holdings.get(work.id)
+        if holding is None:
+            return None
+        holding.scope = None
+        if holding.lost is None or not scope.cancel_called:
+            return None
+        why = holding.lost
+        holding.claim = None  # retried: claimed again first
+        holding.claimed_until = math.inf
+        return LeaseLost(
+            f"lease lost: {work} was cancelled because {why}; another process may hold its"
+            " slot or claim now (pass work.fencing_token to what the handler writes)"
+        )
+
+    async def after_attempt(self, work: WorkUnit, error: BaseException | None) -> None:
+        """Give the attempt's lease back (and pause the service for every process after a
+        ``RateLimited``); shielded and bounded, like every store call at an attempt's end."""
+        holding = self.holdings.get(work.id)
+        if holding is None or holding.service is None:
+            return
+        service_name, lease = holding.service, holding.lease
+        holding.service = holding.lease = None
+        holding.leased_until = math.inf
+        if holding.claim is None:
+            del self.holdings[work.id]
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                if lease is not None:
+                    await self.store.release(service_name, lease)
+                if isinstance(error, RateLimited):
+                    await self.store.pause(service_name, error.retry_after)
+            except Exception as exc:
+                logger.warning("runcue: giving lease %s back failed (%r)", lease, exc)
+
+    def holds(self, work: WorkUnit) -> bool:
+        return work.id in self.holdings
+
+    async def give_back(self, work: WorkUnit) -> None:
+        """Return a finished (or cancelled) work's lease and claim (shielded, bounded)."""
+        holding = self.holdings.pop(work.id, None)
+        if holding is None:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                if holding.lease is not None and holding.service is not None:
+                    await self.store.release(holding.service, holding.lease)
+                if holding.claim is not None:
+                    await self.store.release_claim(holding.claim, self.owner)
+            except Exception as exc:
+                logger.warning(
+                    "runcue: giving %s's lease back to the store failed (%r); it expires"
+                    " within %gs",
+                    work,
+                    exc,
+                    self.ttl,
+                )
