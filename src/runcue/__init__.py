@@ -23,6 +23,8 @@ from ._errors import WorkTimeout as WorkTimeout
 from ._events import EVENT_KINDS as EVENT_KINDS
 from ._events import WorkEvent as WorkEvent
 from ._graph import GraphReport as GraphReport
+from ._instrument import Instrumentation as Instrumentation
+from ._instrument import instrument as instrument
 from ._progress import progress as progress
 from ._progress import render_stats as render_stats
 from ._rate import RateSpec as RateSpec
@@ -50,6 +52,7 @@ __all__ = [
     "CueStateError",
     "CueStats",
     "HandlerTimeout",
+    "Instrumentation",
     "InvalidRateError",
     "PendingTimeout",
     "PriorityContext",
@@ -71,6 +74,7 @@ __all__ = [
     "WorkTimeout",
     "WorkUnit",
     "atomic_write",
+    "instrument",
     "parse_rate",
     "progress",
     "render_stats",
