@@ -36,6 +36,8 @@ from ._stats import ServiceStats as ServiceStats
 from ._store import Store as Store
 from ._task import Backoff as Backoff
 from ._task import TaskSpec as TaskSpec
+from ._timeline import Timeline as Timeline
+from ._timeline import trace as trace
 from ._work import PriorityContext as PriorityContext
 from ._work import WorkState as WorkState
 from ._work import WorkUnit as WorkUnit
@@ -65,6 +67,7 @@ __all__ = [
     "StallTimeout",
     "Store",
     "TaskSpec",
+    "Timeline",
     "UnknownServiceError",
     "UnknownTaskError",
     "WorkCancelled",
@@ -78,6 +81,7 @@ __all__ = [
     "parse_rate",
     "progress",
     "render_stats",
+    "trace",
 ]
 
 for _name in __all__:
