@@ -194,7 +194,17 @@ def _instruments_of(meter_provider: MeterProvider | None) -> _Instruments:
 class _Track:
     """What the instrumentation remembers about one work until it finishes."""
 
-    __slots__ = ("attributes", "parent", "previous", "queued", "since", "span", "started", "tally")
+    __slots__ = (
+        "attributes",
+        "parent",
+        "previous",
+        "queued",
+        "running",
+        "since",
+        "span",
+        "started",
+        "tally",
+    )
 
     def __init__(
         self,
@@ -208,6 +218,7 @@ class _Track:
         self.since = since  # when it became pending for its next attempt (None: unknown)
         self.parent = parent  # the context submit() was called in
         self.queued = since is not None  # counted in tally[QUEUED] now
+        self.running = False  # an attempt runs (counted in tally[RUNNING])
         self.span: Span | None = None  # the running attempt's span
         self.started = 0.0
         self.previous: SpanContext | None = None  # the last attempt's span, for links
@@ -302,7 +313,7 @@ class OtelInstrumentation(Instrumentation):
             track = self._works[work_id] = _Track(attributes, tally, None, otel_context.Context())
         if kind == "started":
             self._start(track, event)
-        elif track.span is not None:
+        elif track.running:
             self._end_attempt(track, event)
         else:  # ended before it ran: skipped, timed out, cancelled
             self._leave_queue(track)
@@ -310,9 +321,12 @@ class OtelInstrumentation(Instrumentation):
             track.tally[ENDS[kind]] += 1
 
     def _start(self, track: _Track, event: WorkEvent) -> None:
+        # The counts first: they stay right whatever the tracer or meter does after.
         work = event.work
         tally = track.tally
         self._leave_queue(track)
+        track.running = True
+        track.started = event.time
         tally[RUNNING] += 1
         tally[STARTED] += 1
         span_attributes: dict[str, Any] = {
@@ -322,23 +336,34 @@ class OtelInstrumentation(Instrumentation):
         }
         if track.since is not None:
             waited = max(0.0, event.time - track.since)
-            self._instruments.wait_time.record(waited, track.attributes)
             span_attributes["runcue.wait_seconds"] = waited
+            self._instruments.wait_time.record(waited, track.attributes)
         links = [Link(track.previous)] if track.previous is not None else None
         track.span = self._tracer.start_span(
             work.task, context=track.parent, attributes=span_attributes, links=links
         )
-        track.started = event.time
 
     def _end_attempt(self, track: _Track, event: WorkEvent) -> None:
         kind = event.kind
-        span = track.span
-        assert span is not None
         tally = track.tally
+        span, track.span = track.span, None
+        track.running = False
+        tally[RUNNING] -= 1
+        if kind in ("retrying", "paused"):  # pending again, for the next attempt
+            track.since = event.time
+            track.queued = True
+            tally[QUEUED] += 1
+            if kind == "retrying":
+                tally[RETRIED] += 1
+        else:
+            del self._works[event.work.id]
+            tally[ENDS[kind]] += 1
         outcome = OUTCOMES.get(kind, kind)
         ran = event.duration if event.duration is not None else event.time - track.started
-        tally[RUNNING] -= 1
         self._instruments.run_time.record(max(0.0, ran), self._with_outcome(event, outcome))
+        if span is None:
+            return  # the tracer failed to start one (and that was logged)
+        track.previous = span.get_span_context()
         if span.is_recording():  # (a sampler may have dropped it: then all this is wasted)
             span.set_attribute("runcue.outcome", outcome)
             if kind != "completed" and kind != "cancelled":
@@ -346,17 +371,6 @@ class OtelInstrumentation(Instrumentation):
                 if kind == "failed" and event.work.exception is not None:
                     span.record_exception(event.work.exception)
         span.end()
-        track.span = None
-        track.previous = span.get_span_context()
-        if kind in ("retrying", "paused"):  # pending again, for the next attempt
-            track.since = event.time
-            track.queued = True
-            tally[QUEUED] += 1
-            if kind == "retrying":
-                tally[RETRIED] += 1
-            return
-        del self._works[event.work.id]
-        tally[ENDS[kind]] += 1
 
     def _leave_queue(self, track: _Track) -> None:
         if track.queued:
