@@ -39,6 +39,7 @@ class FittedTable:
         layout shows).
     :param layouts: column keys, richest first. When even the last is too wide, it is
         drawn anyway and only its first column (the names) is cut short, with an ellipsis.
+    :param reserve: a width to keep for a column whatever its cells hold now.
     """
 
     def __init__(
@@ -48,15 +49,20 @@ class FittedTable:
         layouts: Sequence[Sequence[str]],
         *,
         numeric: frozenset[str] = frozenset(),
+        reserve: Mapping[str, int] | None = None,
     ) -> None:
         self.headers = headers
         self.rows = rows
         self.layouts = layouts
         self.numeric = numeric
+        self.reserve = reserve or {}
 
     def column_width(self, key: str) -> int:
-        """The width a column needs to show its header and every cell whole."""
-        return max([len(self.headers[key]), *(_width(row[key]) for row in self.rows)])
+        """The width a column needs to show its header and every cell whole, and at least
+        the width reserved for it (so that a cell whose text changes from one frame to the
+        next does not make the layout jump)."""
+        cells = [_width(row[key]) for row in self.rows]
+        return max([len(self.headers[key]), self.reserve.get(key, 0), *cells])
 
     def layout_width(self, layout: Sequence[str], gap: int = 1) -> int:
         """The width of the table with these columns, ``gap`` spaces apart."""

@@ -126,8 +126,9 @@ def _rate_use(windows: tuple[RateWindowStats, ...], *, bars: bool) -> Text:
         if bars:
             lines.append_text(_bar(window.used, window.limit, width=8))
             lines.append(f" {window.used}/{window.limit} per {_period(window.period)}")
-        else:
-            lines.append(f"{window.used}/{window.limit}/{_period(window.period)}")
+        else:  # (the count padded to the limit's width: the column keeps its width)
+            used = f"{window.used:>{len(str(window.limit))}}"
+            lines.append(f"{used}/{window.limit}/{_period(window.period)}")
     return lines
 
 
@@ -272,7 +273,11 @@ def render_stats(
         # tasks without a service: only shown once they have been used
         if service.name is not None or service.started or service.pending or service.skipped
     ]
-    table = FittedTable(_HEADERS, rows, _LAYOUTS, numeric=_NUMERIC)
+    # The state's text changes from frame to frame ("full", "rate-limited 120ms"): keep the
+    # room its longest usual text needs, so that the columns do not come and go with it.
+    rated = any(service.windows for service in stats.services.values())
+    reserve = {"state": len("rate-limited 999ms" if rated else "paused 9.9s")}
+    table = FittedTable(_HEADERS, rows, _LAYOUTS, numeric=_NUMERIC, reserve=reserve)
     parts: list[RenderableType] = [
         queue,
         Panel(table, title="Services", title_align="left"),
