@@ -26,9 +26,8 @@ from ._harness import (
     median,
     on_loop,
     paired_ratios,
-    stopwatch,
 )
-from .b1_throughput import CONCURRENT, ITEMS
+from .b1_throughput import ITEMS, runcue_join
 
 ID = "B13"
 TITLE = "OpenTelemetry on vs off, B1 (20,000 no-op handlers, concurrent=100)"
@@ -37,20 +36,14 @@ TARGET = "(informative)"
 
 async def instrumented_join(items: int, providers: tuple[Any, Any] | None) -> float:
     """B1's runcue run, instrumented with ``providers`` (None: not instrumented)."""
+    turned_on: list[runcue.Instrumentation] = []
 
-    async def noop(work: runcue.WorkUnit) -> None:
-        return None
+    def turn_on(cue: runcue.Cue) -> None:
+        if providers is not None:
+            turned_on.append(runcue.instrument(cue, *providers))
 
-    elapsed = stopwatch()
-    async with runcue.Cue() as cue:
-        cue.service("svc", concurrent=CONCURRENT)
-        cue.task("noop", uses="svc")(noop)
-        instrumentation = None if providers is None else runcue.instrument(cue, *providers)
-        for index in range(items):
-            await cue.submit("noop", {"i": index})
-        await cue.join()
-    seconds = elapsed()
-    if instrumentation is not None:
+    seconds = await runcue_join(items, prepare=turn_on)
+    for instrumentation in turned_on:
         instrumentation.close()
     return seconds
 

@@ -74,6 +74,22 @@ def value_of(points: dict[str, list[tuple[dict[str, Any], Any]]], name: str, **w
     return found[0]
 
 
+def held_cue(make_cue: CueFactory, **limits: Any) -> tuple[runcue.Cue, anyio.Event, anyio.Event]:
+    """A cue whose one-slot service "api" runs "hold" works that wait for the second event
+    (release); the first event is set as each one starts."""
+    cue = make_cue()
+    cue.service("api", concurrent=1, **limits)
+    started = anyio.Event()
+    release = anyio.Event()
+
+    @cue.task("hold", uses="api")
+    async def hold(work: runcue.WorkUnit) -> None:
+        started.set()
+        await release.wait()
+
+    return cue, started, release
+
+
 @pytest.fixture
 def otel() -> Iterator[Otel]:
     """Fresh SDK providers with in-memory export, shut down after the test."""
@@ -122,25 +138,34 @@ async def test_each_attempt_is_a_span_with_its_attributes(make_cue: CueFactory, 
         assert not span.links
 
 
-async def test_a_retry_is_linked_to_the_attempt_before(make_cue: CueFactory, otel: Otel) -> None:
-    """A failed attempt's span is an error marked retried; the next attempt links to it."""
+@pytest.mark.parametrize(
+    ("raised", "outcome", "attempts"),
+    [("error", "retried", (1, 2)), ("rate limit", "rate_limited", (1, 1))],
+)
+async def test_the_next_attempt_is_linked_to_the_one_before(
+    make_cue: CueFactory, otel: Otel, raised: str, outcome: str, attempts: tuple[int, int]
+) -> None:
+    """An attempt that failed and is retried, or that ran into RateLimited, is an error span
+    with that outcome; the work's next attempt links to it."""
     cue = make_cue()
+    calls: list[int] = []
 
-    @cue.task("flaky", retry=2, backoff=QUICK_RETRY)
-    async def flaky(work: runcue.WorkUnit) -> None:
-        if work.attempt == 1:
-            raise ValueError("first time")
+    @cue.task("call", retry=2, backoff=QUICK_RETRY)
+    async def call(work: runcue.WorkUnit) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("first time") if raised == "error" else runcue.RateLimited(0.01)
 
     otel.instrument(cue)
     with anyio.fail_after(10):
         async with cue:
-            await cue.submit("flaky")
+            await cue.submit("call")
     first, second = otel.finished()
     assert first.attributes is not None and second.attributes is not None
-    assert (first.attributes["runcue.attempt"], second.attributes["runcue.attempt"]) == (1, 2)
-    assert first.attributes["runcue.outcome"] == "retried"
+    assert (first.attributes["runcue.attempt"], second.attributes["runcue.attempt"]) == attempts
+    assert first.attributes["runcue.outcome"] == outcome
     assert first.status.status_code is StatusCode.ERROR
-    assert "first time" in (first.status.description or "")
+    assert ("first time" if raised == "error" else "paused") in (first.status.description or "")
     assert second.attributes["runcue.outcome"] == "completed"
     assert first.context is not None
     assert [link.context.span_id for link in second.links] == [first.context.span_id]
@@ -164,32 +189,6 @@ async def test_a_failed_work_records_its_exception(make_cue: CueFactory, otel: O
     assert span.status.status_code is StatusCode.ERROR
     assert [event.name for event in span.events] == ["exception"]
     assert "KeyError" in str(dict(span.events[0].attributes or {})["exception.type"])
-
-
-async def test_a_rate_limited_attempt_is_marked_and_linked(
-    make_cue: CueFactory, otel: Otel
-) -> None:
-    """RateLimited ends an attempt as rate_limited; the start after the pause links to it."""
-    cue = make_cue()
-    cue.service("api", concurrent=1)
-
-    @cue.task("call", uses="api")
-    async def call(work: runcue.WorkUnit) -> None:
-        if not calls:
-            calls.append(1)
-            raise runcue.RateLimited(retry_after=0.01)
-
-    calls: list[int] = []
-    otel.instrument(cue)
-    with anyio.fail_after(10):
-        async with cue:
-            await cue.submit("call")
-    paused, done = otel.finished()
-    assert paused.attributes is not None and done.attributes is not None
-    assert paused.attributes["runcue.outcome"] == "rate_limited"
-    assert done.attributes["runcue.outcome"] == "completed"
-    assert paused.context is not None
-    assert [link.context.span_id for link in done.links] == [paused.context.span_id]
 
 
 async def test_the_span_around_submit_is_the_parent(make_cue: CueFactory, otel: Otel) -> None:
@@ -279,18 +278,9 @@ async def test_metrics_count_every_outcome_per_service(make_cue: CueFactory, ote
 
 
 async def test_queued_and_running_follow_the_work(make_cue: CueFactory, otel: Otel) -> None:
-    """While one handler holds the only slot, two works count as queued and one as running;
-    work cancelled while it waited is counted as cancelled."""
-    cue = make_cue()
-    cue.service("api", concurrent=1)
-    started = anyio.Event()
-    release = anyio.Event()
-
-    @cue.task("hold", uses="api")
-    async def hold(work: runcue.WorkUnit) -> None:
-        started.set()
-        await release.wait()
-
+    """While one handler holds the only slot, the three works behind it count as queued and
+    it as running; work cancelled while it waited is counted as cancelled."""
+    cue, started, release = held_cue(make_cue)
     otel.instrument(cue)
     with anyio.fail_after(10):
         async with cue:
@@ -372,16 +362,7 @@ async def test_two_cues_on_one_meter_provider_are_told_apart(
 async def test_close_turns_it_off(make_cue: CueFactory, otel: Otel) -> None:
     """close() ends the running attempt's span as unfinished, stops new spans and takes the
     cue off the gauges; a second close() does nothing; the with-form closes too."""
-    cue = make_cue()
-    cue.service("api", concurrent=1, rate="100/s")
-    started = anyio.Event()
-    release = anyio.Event()
-
-    @cue.task("hold", uses="api")
-    async def hold(work: runcue.WorkUnit) -> None:
-        started.set()
-        await release.wait()
-
+    cue, started, release = held_cue(make_cue, rate="100/s")
     with anyio.fail_after(10):
         async with cue:
             with otel.instrument(cue) as instrumentation:

@@ -26,7 +26,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 from opentelemetry.trace import Link, Span, SpanContext, Status, StatusCode, Tracer
 
-from ._events import WorkEvent
+from ._events import ATTEMPT_OUTCOMES, WorkEvent
 from ._hooks import logger
 from ._instrument import Instrumentation
 
@@ -44,14 +44,6 @@ TIME_BUCKETS = (
     *(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
     *(1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0),
 )
-# How an attempt ended, by the event that ended it.
-OUTCOMES = {
-    "completed": "completed",
-    "failed": "failed",
-    "retrying": "retried",
-    "paused": "rate_limited",
-    "cancelled": "cancelled",
-}
 WindowReading = tuple[str | None, int, float, int]  # service, limit, period, used
 
 
@@ -358,7 +350,7 @@ class OtelInstrumentation(Instrumentation):
         else:
             del self._works[event.work.id]
             tally[ENDS[kind]] += 1
-        outcome = OUTCOMES.get(kind, kind)
+        outcome = ATTEMPT_OUTCOMES.get(kind, kind)
         ran = event.duration if event.duration is not None else event.time - track.started
         self._instruments.run_time.record(max(0.0, ran), self._with_outcome(event, outcome))
         if span is None:

@@ -28,7 +28,7 @@ import anyio
 import anyio.to_thread
 
 from ._artifacts import atomic_write
-from ._events import WorkEvent
+from ._events import ATTEMPT_OUTCOMES, WorkEvent
 
 if TYPE_CHECKING:
     from ._cue import Cue
@@ -38,13 +38,6 @@ __all__ = ["Timeline", "trace"]
 
 NO_SERVICE = "(no service)"
 QUEUE_TID = 0  # the thread of a service's waits and counter; slots are threads 1, 2, ...
-OUTCOMES = {
-    "completed": "completed",
-    "failed": "failed",
-    "retrying": "retried",
-    "paused": "rate_limited",
-    "cancelled": "cancelled",
-}
 # trace-viewer's reserved colour names (Perfetto colours by name instead)
 COLOURS = {"failed": "terrible", "retried": "bad", "rate_limited": "bad", "cancelled": "grey"}
 WAITS = {"queued": "waiting", "retrying": "retry backoff", "paused": "rate-limit pause"}
@@ -196,7 +189,7 @@ class Timeline:
     def _end_attempt(self, record: _Open, event: WorkEvent) -> None:
         kind = event.kind
         lane = record.lane
-        outcome = OUTCOMES.get(kind, kind)
+        outcome = ATTEMPT_OUTCOMES.get(kind, kind)
         error = event.details if outcome != "completed" else ""
         self._records.append(_attempt(record, outcome, event.time, error))
         heapq.heappush(lane.free, record.slot)
