@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -329,6 +330,36 @@ async def test_window_gauges_read_the_rate_windows_from_a_reader_thread(
     assert used == {1.0: 5, 3600.0: 5}
     assert limits == {1.0: 50, 3600.0: 1000}
     assert {a["runcue.service"] for a, _ in points["runcue.limit.window.used"]} == {"api"}
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_window_gauges_go_quiet_once_the_loop_has_ended(
+    otel: Otel, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After the cue's event loop ended, a reader thread still collects: the counts, no window
+    gauges, and nothing logged."""
+    cue = runcue.Cue(seed=1)
+    cue.service("api", rate="10/s")
+
+    @cue.task("call", uses="api")
+    async def call(work: runcue.WorkUnit) -> None:
+        return None
+
+    async def main() -> None:
+        otel.instrument(cue)
+        async with cue:
+            await cue.submit("call")
+
+    anyio.run(main, backend=backend)
+    collected: list[Any] = []
+    reader = threading.Thread(target=lambda: collected.append(otel.reader.get_metrics_data()))
+    with caplog.at_level(logging.DEBUG, logger="runcue"):
+        reader.start()
+        reader.join(timeout=10)
+    points = _points(collected[0])
+    assert value_of(points, "runcue.work.completed") == 1
+    assert "runcue.limit.window.used" not in points
+    assert not [r for r in caplog.records if r.name == "runcue"]
 
 
 async def test_two_cues_on_one_meter_provider_are_told_apart(
