@@ -30,6 +30,7 @@ from . import (
     b8_sync_handlers,
     b9_pipeline,
     b10_shared_store,
+    b13_otel,
 )
 from ._harness import (
     BACKENDS,
@@ -56,6 +57,7 @@ SCENARIOS: dict[str, ModuleType] = {
         b8_sync_handlers,
         b9_pipeline,
         b10_shared_store,
+        b13_otel,
     )
 }
 
@@ -107,6 +109,12 @@ task group).
   `total_commands_processed`) and the loopback `PING` round trip of the synchronous client are
   shown for scale. Without `redis-server` (or the `redis` library) the row is skipped, and
   the run does not fail.
+- **B13** runs B1's workload plain, instrumented with the OpenTelemetry SDK (a
+  `BatchSpanProcessor` feeding an exporter that drops the spans, a `MeterProvider` with an
+  in-memory reader collected after the timing) and instrumented against the API alone (its
+  no-op providers: runcue's listener by itself), interleaved; the cost per work is the
+  median of the per-round differences over the item count. Informative (no target); skipped
+  without `opentelemetry-sdk`.
 """
 
 

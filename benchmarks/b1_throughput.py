@@ -8,6 +8,7 @@ The floor: 100 AnyIO worker tasks reading one memory object stream. The peer:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import aiometer
@@ -35,8 +36,17 @@ ITEMS = 20_000
 CONCURRENT = 100
 
 
-async def runcue_join(items: int, concurrent: int = CONCURRENT) -> float:
-    """Seconds for runcue to run ``items`` no-op handlers, cue set-up and teardown included."""
+async def runcue_join(
+    items: int,
+    concurrent: int = CONCURRENT,
+    *,
+    prepare: Callable[[runcue.Cue], object] | None = None,
+) -> float:
+    """Seconds for runcue to run ``items`` no-op handlers, cue set-up and teardown included.
+
+    :param prepare: called with the cue once its service and task are declared (B13 turns
+        instrumentation on there).
+    """
 
     async def noop(work: runcue.WorkUnit) -> None:
         return None
@@ -45,6 +55,8 @@ async def runcue_join(items: int, concurrent: int = CONCURRENT) -> float:
     async with runcue.Cue() as cue:
         cue.service("svc", concurrent=concurrent)
         cue.task("noop", uses="svc")(noop)
+        if prepare is not None:
+            prepare(cue)
         for index in range(items):
             await cue.submit("noop", {"i": index})
         await cue.join()

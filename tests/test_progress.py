@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import logging
 import sys
 from collections.abc import Callable
 
@@ -248,3 +250,152 @@ def test_exported_from_runcue() -> None:
     assert "progress" in runcue.__all__
     assert "render_stats" in runcue.__all__
     assert runcue.progress.__module__ == "runcue"
+
+
+# ---------------------------------------------------------------------- fitting the terminal
+
+LONG_NAMES = ("transcription-worker", "storage-uploads-east")  # 20 characters each
+
+
+def busy_stats() -> runcue.CueStats:
+    """Two services with 20-character names and six- and seven-digit counts."""
+    base = sample_stats()
+    worker = dataclasses.replace(
+        base.services["api"],
+        name=LONG_NAMES[0],
+        concurrent=100,
+        running=99,
+        pending=123456,
+        completed=98765,
+        failed=4321,
+        paused_for=0.0,
+        next_free_slot=0.25,
+    )
+    uploads = dataclasses.replace(base.services["disk"], name=LONG_NAMES[1], completed=1234567)
+    return dataclasses.replace(
+        base,
+        submitted=1500000,
+        pending=123456,
+        completed=1333332,
+        services={worker.name: worker, uploads.name: uploads},
+    )
+
+
+def service_rows(text: str) -> dict[str, list[str]]:
+    """The services table of a rendered view: its header words and each row's cells."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Services" in line)
+    rows: dict[str, list[str]] = {}
+    for line in lines[start + 1 :]:
+        if line.startswith("╰"):
+            break
+        cells = line.strip("│ ").split()
+        rows[cells[0]] = cells
+    return rows
+
+
+def headers(text: str) -> set[str]:
+    """The column headers of the services table ("rate use" counted as one)."""
+    return set(" ".join(service_rows(text)["service"]).replace("rate use", "rate_use").split())
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+async def test_services_fit_the_terminal_with_names_and_numbers_whole(width: int) -> None:
+    """At 60, 80 and 120 columns every 20-character service name and every count shows whole
+    and no line is wider than the terminal."""
+    text = text_of(runcue.render_stats(busy_stats(), events=[]), width=width)
+    assert all(len(line) <= width for line in text.splitlines())
+    rows = service_rows(text)
+    worker, uploads = rows[LONG_NAMES[0]], rows[LONG_NAMES[1]]
+    for number in ("99/100", "123456", "98765", "4321"):
+        assert number in worker
+    for number in ("0", "1234567"):
+        assert number in uploads
+    assert "…" not in text.split("Services")[1]
+    assert "pending 123456" in text
+    assert "done 1333332" in text
+
+
+async def test_wider_terminals_show_more_columns() -> None:
+    """With 20-character names, 60 columns show the counts; 80 add the state; 100 the rate
+    use; 120 the bars and skipped; 160 also the most running at once and retried."""
+    essentials = {"service", "running", "pending", "done", "failed"}
+    widths = (60, 80, 100, 120, 160)
+    at = {w: text_of(runcue.render_stats(busy_stats()), width=w) for w in widths}
+    assert headers(at[60]) == essentials
+    assert headers(at[80]) == essentials | {"state"}
+    assert "rate-limited 250ms" in at[80]
+    assert headers(at[100]) >= essentials | {"state", "rate_use"}
+    assert headers(at[120]) == essentials | {"rate_use", "state", "skipped"}
+    assert "█" in service_rows(at[120])[LONG_NAMES[0]][1]  # the running slots' bar
+    everything = essentials | {"rate_use", "state", "peak", "skipped", "retried"}
+    assert headers(at[160]) == everything
+    assert "48/60 per min" in at[120]
+
+
+async def test_narrower_terminals_drop_columns_in_a_fixed_order() -> None:
+    """From 200 columns down to 48, each narrower view shows a subset of the columns of the
+    wider one, and the names and counts stay whole throughout."""
+    previous: set[str] | None = None
+    for width in range(200, 47, -2):
+        text = text_of(runcue.render_stats(busy_stats()), width=width)
+        shown = headers(text)
+        if previous is not None:
+            assert shown <= previous, f"at {width}: {shown} vs {previous}"
+        previous = shown
+        assert {"service", "pending", "done", "failed"} <= shown
+        rows = service_rows(text)
+        assert "123456" in rows[LONG_NAMES[0]]
+        assert "1234567" in rows[LONG_NAMES[1]]
+    assert previous == {"service", "pending", "done", "failed"}
+
+
+async def test_names_are_cut_only_when_nothing_else_is_left() -> None:
+    """On a 36-column terminal the counts still show whole; only the names give way."""
+    text = text_of(runcue.render_stats(busy_stats()), width=36)
+    rows = service_rows(text)
+    assert all(len(line) <= 36 for line in text.splitlines())
+    cut = [name for name in rows if name.endswith("…")]
+    assert len(cut) == 2
+    assert any("123456" in cells for cells in rows.values())
+    assert any("1234567" in cells for cells in rows.values())
+
+
+async def test_progress_logs_plain_lines_without_a_terminal(
+    make_cue: Callable[..., runcue.Cue], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Off a terminal there is no live view: one line per period, and one at the end, goes to
+    the runcue logger at INFO, and nothing is drawn."""
+    cue = make_cue()
+    cue.service("api", concurrent=1, rate="100/s")
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=80)
+    release = anyio.Event()
+
+    @cue.task("hold", uses="api")
+    async def hold(work: runcue.WorkUnit) -> None:
+        await release.wait()
+
+    def progress_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("batch:")]
+
+    with caplog.at_level(logging.INFO, logger="runcue"), anyio.fail_after(10):
+        async with cue, runcue.progress(cue, console=console, title="batch", log_every=0.02):
+            for n in range(3):
+                await cue.submit("hold", {"n": n})
+            while not progress_lines():  # logged by the view's own task
+                await anyio.sleep(0.01)
+            release.set()
+    lines = progress_lines()
+    assert "1/3 running" in lines[0] or "0/3 finished" in lines[0]
+    assert "api: " in lines[0]
+    assert lines[-1].startswith("batch: 3/3 finished (100%)")
+    assert "ETA done" in lines[-1]
+    assert buffer.getvalue() == ""
+
+
+async def test_progress_rejects_a_bad_log_interval(make_cue: Callable[..., runcue.Cue]) -> None:
+    """log_every must be a positive number of seconds."""
+    with pytest.raises(ValueError, match="log_every must be > 0 seconds, got 0"):
+        async with runcue.progress(make_cue(), log_every=0):
+            pass

@@ -343,6 +343,51 @@ def test_json_keeps_stdout_machine_readable(capsys: pytest.CaptureFixture[str]) 
     assert " completed " in err
 
 
+def test_tui_at_80_columns_shows_names_and_state_whole(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an 80-column terminal the dashboard shows every service name and its state whole
+    (they used to be cut to "servi…" and "sta…")."""
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run(
+        capsys, "--scenario", "fanout", "-n", "20", "-r", "100/sec", "-l", "1", "--tui"
+    )
+    assert code == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    rows = [line for line in text.splitlines() if line.startswith(("│ storage", "│ workers"))]
+    assert rows
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "…" not in text
+    headers = next(line for line in text.splitlines() if line.startswith("│ service "))
+    assert "state" in headers.split()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_trace_writes_a_timeline_of_the_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, backend: str
+) -> None:
+    """--trace FILE writes the run as trace events: a process per service and one complete
+    slice per attempt."""
+    path = tmp_path / "run.json"
+    code, _, _ = run(
+        capsys,
+        "--scenario",
+        "pipeline",
+        "-n",
+        "4",
+        *FAST,
+        "--backend",
+        backend,
+        "--trace",
+        str(path),
+    )
+    assert code == 0
+    events = json.loads(path.read_text())["traceEvents"]
+    processes = {e["args"]["name"] for e in events if e["name"] == "process_name"}
+    assert processes == {"source", "compute", "warehouse"}
+    assert sum(1 for e in events if e["ph"] == "X") == 12  # 4 items, 3 stages
+
+
 def test_tui_in_process_draws_the_dashboard(capsys: pytest.CaptureFixture[str]) -> None:
     """--tui draws the live view (forced even off a terminal) before the summary."""
     code, out, _ = run(capsys, "-n", "5", "-l", "1", "--tui")
@@ -376,6 +421,7 @@ def test_tui_in_process_draws_the_dashboard(capsys: pytest.CaptureFixture[str]) 
         ["--backend", "curio"],
         ["--seed", "x"],
         ["--tui", "--no-tui"],
+        ["--trace", "/no/such/directory/run.json"],
         ["--no-such-option"],
     ],
 )
@@ -534,10 +580,24 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_interrupt_prints_the_summary_so_far() -> None:
-    """Ctrl-C (SIGINT) stops the run, prints what happened so far and exits 130."""
+def test_interrupt_prints_the_summary_so_far(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) stops the run, prints what happened so far, still writes the --trace
+    file whole (the running call unfinished) and exits 130."""
+    trace = tmp_path / "interrupted.json"
     with subprocess.Popen(
-        [*_script(), "-n", "100", "-l", "10000", "-c", "1", "--no-tui", "-v"],
+        [
+            *_script(),
+            "-n",
+            "100",
+            "-l",
+            "10000",
+            "-c",
+            "1",
+            "--no-tui",
+            "-v",
+            "--trace",
+            str(trace),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -555,6 +615,11 @@ def test_interrupt_prints_the_summary_so_far() -> None:
                 process.kill()
     assert process.returncode == 130
     assert "interrupted" in out
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert [e["args"]["outcome"] for e in events if e["ph"] == "X"] in (
+        ["unfinished"],
+        ["cancelled"],
+    )
 
 
 def test_closed_output_ends_the_run_quietly() -> None:

@@ -24,6 +24,8 @@ from ._errors import WorkTimeout as WorkTimeout
 from ._events import EVENT_KINDS as EVENT_KINDS
 from ._events import WorkEvent as WorkEvent
 from ._graph import GraphReport as GraphReport
+from ._instrument import Instrumentation as Instrumentation
+from ._instrument import instrument as instrument
 from ._progress import progress as progress
 from ._progress import render_stats as render_stats
 from ._rate import RateSpec as RateSpec
@@ -36,6 +38,8 @@ from ._store import Grant as Grant
 from ._store import Store as Store
 from ._task import Backoff as Backoff
 from ._task import TaskSpec as TaskSpec
+from ._timeline import Timeline as Timeline
+from ._timeline import trace as trace
 from ._work import PriorityContext as PriorityContext
 from ._work import WorkState as WorkState
 from ._work import WorkUnit as WorkUnit
@@ -53,6 +57,7 @@ __all__ = [
     "CueStateError",
     "CueStats",
     "HandlerTimeout",
+    "Instrumentation",
     "InvalidRateError",
     "LeaseLost",
     "PendingTimeout",
@@ -66,6 +71,7 @@ __all__ = [
     "StallTimeout",
     "Store",
     "TaskSpec",
+    "Timeline",
     "UnknownServiceError",
     "UnknownTaskError",
     "WorkCancelled",
@@ -75,9 +81,11 @@ __all__ = [
     "WorkTimeout",
     "WorkUnit",
     "atomic_write",
+    "instrument",
     "parse_rate",
     "progress",
     "render_stats",
+    "trace",
 ]
 
 for _name in __all__:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._work import WorkUnit
 
-__all__ = ["EVENT_KINDS", "WorkEvent"]
+__all__ = ["ATTEMPT_OUTCOMES", "EVENT_KINDS", "WorkEvent"]
 
 EVENT_KINDS = (
     "queued",  # submitted
@@ -26,6 +26,16 @@ EVENT_KINDS = (
     "paused",  # the handler raised RateLimited; the service pauses (details: how long)
     "cancelled",
 )
+
+# How an attempt ended, by the kind of the event that ended it (after "started"), as the
+# timeline and the OpenTelemetry spans name it.
+ATTEMPT_OUTCOMES = {
+    "completed": "completed",
+    "failed": "failed",
+    "retrying": "retried",
+    "paused": "rate_limited",
+    "cancelled": "cancelled",
+}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import random
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 import anyio
@@ -35,6 +36,7 @@ examples:
   runcue-sim --scenario single_queue -n 200 --rate-limit 20/sec --json
   runcue-sim --scenario dynamic -n 10 -v
   runcue-sim --scenario fanout --missing-inputs 0.1 --stall-timeout 3
+  runcue-sim --scenario pipeline -n 50 --trace run.json   # open in ui.perfetto.dev
 """
 
 
@@ -224,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--no-tui", dest="tui", action="store_false", help="no live dashboard")
     out.add_argument("-v", "--verbose", action="store_true", help="log every event")
     out.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="write a timeline of the run to FILE (Trace Event JSON: ui.perfetto.dev)",
+    )
+    out.add_argument(
         "--json",
         action="store_true",
         help="print the summary as JSON on stdout (everything else goes to stderr)",
@@ -253,6 +260,12 @@ def _check_combination(args: argparse.Namespace) -> None:
         and args.stall_warn >= args.stall_timeout
     ):
         msg = "--stall-warn must be shorter than --stall-timeout, or the report comes too late"
+        raise UsageError(msg)
+    if args.trace is not None and not Path(args.trace).parent.is_dir():
+        msg = (
+            f"--trace: the directory of {args.trace!r} does not exist; create it first"
+            " or write the timeline elsewhere"
+        )
         raise UsageError(msg)
     if args.backend == "trio" and importlib.util.find_spec("trio") is None:
         msg = "--backend trio needs trio: pip install 'runcue[trio]'"
@@ -311,6 +324,7 @@ def _run(args: argparse.Namespace) -> int:
         backend=args.backend,
         tui=tui,
         verbose=args.verbose,
+        trace=args.trace,
     )
     if not tui:
         console.print(

@@ -38,6 +38,8 @@ class RunOptions:
     backend: str = "asyncio"
     tui: bool = False
     verbose: bool = False
+    trace: str | None = None
+    """A file to write a timeline of the run to (``--trace``)."""
 
     @property
     def item_limit(self) -> float:
@@ -105,6 +107,15 @@ async def _submit_items(submit: SubmitItem, sim: Sim, options: RunOptions, state
 
 
 @contextlib.asynccontextmanager
+async def _maybe_trace(cue: runcue.Cue, options: RunOptions) -> AsyncIterator[None]:
+    if options.trace is None:
+        yield
+        return
+    async with runcue.trace(cue, options.trace):
+        yield
+
+
+@contextlib.asynccontextmanager
 async def _maybe_progress(
     cue: runcue.Cue, console: Console, options: RunOptions
 ) -> AsyncIterator[None]:
@@ -165,7 +176,7 @@ async def simulate(options: RunOptions, console: Console, state: RunState | None
         cue.subscribe(log)
 
     with anyio.CancelScope() as state.stop:
-        async with cue:
+        async with _maybe_trace(cue, options), cue:  # the timeline outlives the cue's stop
             state.started = anyio.current_time()
             try:
                 async with _maybe_progress(cue, console, options):
