@@ -118,8 +118,8 @@ async def test_work_that_waited_for_outside_inputs_is_not_kept_past_keep_finishe
                 cue.poke()
                 await cue.join()
             engine = cue._engine
-            assert engine.waiting_on == {}
-            assert engine._waits_for == {}
+            assert engine.parking.waiting_on == {}
+            assert engine.parking.waits_for == {}
     gc.collect()
     alive = [o.id for o in gc.get_objects() if isinstance(o, runcue.WorkUnit) and o.id in early]
     assert alive == []
@@ -251,7 +251,11 @@ async def test_closing_refuses_every_admission(make_cue: CueFactory) -> None:
             engine.closing = True
             work = runcue.WorkUnit("probe", "t", {})
             work._task = cue.get_task("t")
-            assert engine._admit(work, engine.services[None]) is None
+            work._where = 5  # CHECKING: as the dispatch leaves it before admission
+            service = engine.services[None]
+            assert engine.dispatch.start(work, service) is False
+            assert await engine.dispatch._admit(work, service) is None
+            assert service.running == 0
             engine.closing = False
 
 

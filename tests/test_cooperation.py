@@ -353,7 +353,7 @@ async def test_a_completion_sweep_comes_sooner_when_nothing_runs() -> None:
 
         consumer = await cue.submit("consume")
         with anyio.fail_after(5):
-            while cue._engine.parked == {}:
+            while not cue._engine.parking.swept:
                 await anyio.sleep(0.001)
         # As if the last sweep, 15 s ago, had taken 10 s: while work runs, the next one
         # would wait until 30 s after it; with nothing running, it is due already.

@@ -9,7 +9,6 @@ import os
 import socket
 import sys
 import time
-import types
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -19,7 +18,7 @@ import anyio.from_thread
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from . import _backend
+from . import _backend, _diagnosis
 from ._artifacts import ArtifactSpec, artifact_key, resolve
 from ._checks import CheckMode, CheckRunner
 from ._errors import (
@@ -33,9 +32,10 @@ from ._events import WorkEvent
 from ._fleet import Fleet
 from ._graph import GraphReport, check_graph
 from ._hooks import Hooks
-from ._scheduler import IN_RUNNER, Scheduler
+from ._reports import IN_RUNNER
+from ._scheduler import Scheduler
 from ._service import Service
-from ._stats import CueStats, RateWindowStats, ServiceStats
+from ._stats import CueStats
 from ._store import Store
 from ._task import Backoff, RetryOn, TaskSpec, is_async_callable
 from ._work import WorkState, WorkUnit
@@ -149,7 +149,7 @@ class Cue:
             msg = f"max_threads must be a whole number >= 1, got {max_threads!r}"
             raise ValueError(msg)
         self._tasks: dict[str, TaskSpec] = {}
-        self._services: dict[str | None, Service] = {None: Service(None, clock=anyio.current_time)}  # type: ignore[arg-type]
+        self._services: dict[str | None, Service] = {None: Service(None, clock=anyio.current_time)}
         self._hooks = Hooks()
         self._engine = Scheduler(
             services=self._services,
@@ -231,11 +231,9 @@ class Cue:
         service.configure(rate=rate, concurrent=concurrent)  # validates before anything changes
         service.shared = shared
         if existing is None:
-            if self._state == _RUNNING:
-                service.bind(self._engine.clock)
             self._services[name] = service
-        elif self._state == _RUNNING:
-            self._engine.wake()
+        if self._state in (_RUNNING, _STOPPING):
+            self._engine.add_service(service)  # its admission is rebuilt, live
 
     def task(
         self,
@@ -351,12 +349,7 @@ class Cue:
             raise TypeError(msg)
         setattr(self._hooks, slot, func)
         self._engine.checks.refresh()
-        hooks = self._hooks
-        self._engine.async_hooks = any(
-            is_async_callable(hook)
-            for hook in (hooks.on_complete, hooks.on_failure, hooks.on_retry, hooks.on_cancel)
-        )
-        self._engine.async_on_start = is_async_callable(hooks.on_start)
+        self._engine.reports.refresh()
         return func
 
     def is_ready(self, func: F) -> F:
@@ -849,33 +842,15 @@ class Cue:
 
         Each item is ``{"work", "reason", "details"}``; reasons: ``not_ready``,
         ``check_error``, ``service_full``, ``rate_limited``, ``paused``, ``threads_full``,
-        ``retry_wait``, ``queued``, ``checking``, ``stopping``. (``unknown_task`` cannot occur:
-        ``submit()`` rejects unknown tasks.)
+        ``retry_wait``, ``queued``, ``checking``, ``stopping`` (and with a store
+        ``store_unreachable``, ``shared_limit``, ``claimed_elsewhere``). (``unknown_task``
+        cannot occur: ``submit()`` rejects unknown tasks.)
         """
-        engine = self._engine
-        blocked = []
-        for work in list(engine.works.values()):
-            if work.state is WorkState.PENDING:
-                reason, details = engine.describe(work)
-                blocked.append({"work": work, "reason": reason, "details": details})
-        return blocked
+        return _diagnosis.debug_blocked(self._engine)
 
     def explain(self, work_id: str) -> str:
         """One sentence on where this work stands and, if pending, why it is not running."""
-        work = self._find(work_id)
-        if work is None:
-            return f"work {work_id!r} is not known (never submitted, or no longer kept)."
-        name = f"work {work.id} ({work.task})"
-        if work.state is WorkState.PENDING:
-            reason, details = self._engine.describe(work)
-            return f"{name} is pending: {reason} - {details}."
-        if work.state is WorkState.RUNNING:
-            return f"{name} is running (attempt {work.attempt})."
-        if work.skipped:
-            return f"{name} was skipped: is_stale said its output is valid."
-        if work.state is WorkState.COMPLETED:
-            return f"{name} completed."
-        return f"{name} is {work.state.value}: {work.error}."
+        return _diagnosis.explain(self._engine, self._find(work_id), work_id)
 
     def check_graph(self) -> GraphReport:
         """Look for stalls before they happen among pending work that declares its inputs:
@@ -885,68 +860,28 @@ class Cue:
 
     def stats(self) -> CueStats:
         """A frozen snapshot of every counter (see :class:`CueStats`)."""
-        engine = self._engine
-        running = self._state in (_RUNNING, _STOPPING)
-        now = self._engine.clock() if running else 0.0
-        ended = self._engine.stopped_at
-        pending_by: dict[str | None, int] = {}
-        for work in engine.works.values():
-            if work.state is WorkState.PENDING:
-                name = work._task.service
-                pending_by[name] = pending_by.get(name, 0) + 1
-        services: dict[str | None, ServiceStats] = {}
-        for name, service in self._services.items():
-            windows: tuple[RateWindowStats, ...] = ()
-            next_free = 0.0
-            if service.rate is not None:
-                if running:
-                    windows = tuple(
-                        RateWindowStats(spec.limit, spec.period, used)
-                        for spec, used in service.rate.used()
-                    )
-                    next_free = max(0.0, service.rate.next_free(now) - now)
-                else:
-                    windows = tuple(
-                        RateWindowStats(s.limit, s.period, 0) for s in service.rate.specs
-                    )
-            services[name] = ServiceStats(
-                name=name,
-                concurrent=service.concurrent,
-                rate=service.rate_text,
-                pending=pending_by.get(name, 0),
-                running=service.running + service.abandoned,
-                started=service.started,
-                completed=service.completed,
-                failed=service.failed,
-                skipped=service.skipped,
-                retried=service.retried,
-                max_running=service.max_running,
-                windows=windows,
-                next_free_slot=next_free,
-                paused_for=max(0.0, service.paused_until - now) if running else 0.0,
-                shared=service.shared,
-                store_error=service.store_error,
+        return _diagnosis.stats(self._engine, running=self._state in (_RUNNING, _STOPPING))
+
+    def limiter(self, service: str) -> anyio.CapacityLimiter:
+        """The :class:`anyio.CapacityLimiter` that holds service ``service``'s concurrency.
+
+        Code outside runcue may share the service's budget with the handlers: ``async with
+        cue.limiter("openai"): await client.call()`` counts against ``concurrent=`` like a
+        running handler (and waits, FIFO, while the service is full). Re-declaring the
+        service sets its ``total_tokens``. It is the same object for the life of the cue (a
+        run under another backend than the last makes a new one).
+
+        :raises UnknownServiceError: for a service nobody declared.
+        """
+        found = self._services.get(service) if isinstance(service, str) else None
+        if found is None:
+            known = ", ".join(repr(s) for s in self._services if s is not None) or "none yet"
+            msg = (
+                f"Unknown service {service!r} (declared: {known}); declare it with"
+                f" cue.service({service!r}, concurrent=...)"
             )
-        if running:
-            elapsed = now - engine.started_at
-        elif ended is not None:
-            elapsed = ended - engine.started_at  # the whole run, after it stopped
-        else:
-            elapsed = 0.0
-        done = engine.completed + engine.failed
-        return CueStats(
-            submitted=engine.submitted,
-            pending=engine.pending,
-            running=engine.running,
-            completed=engine.completed,
-            failed=engine.failed,
-            skipped=engine.skipped,
-            cancelled=engine.cancelled,
-            retried=engine.retried,
-            elapsed=elapsed,
-            throughput=done / elapsed if elapsed > 0 else 0.0,
-            services=types.MappingProxyType(services),
-        )
+            raise UnknownServiceError(msg)
+        return found.capacity()
 
     def __repr__(self) -> str:
         engine = self._engine

@@ -53,7 +53,9 @@ def check_graph(engine: Scheduler) -> GraphReport:
             continue
         for item in work._inputs:
             producers = [
-                p for p in engine.producers.get(artifact_key(item), {}).values() if p is not work
+                p
+                for p in engine.parking.producers.get(artifact_key(item), {}).values()
+                if p is not work
             ]
             if not producers:
                 if not item.exists():

@@ -1,4 +1,6 @@
-"""A service: its limits (concurrency slots and a sliding-window rate), its queue, its counts."""
+"""A service: its limits (see ``_limits.py``), its queue of waiting work, the stream its idle
+runners wait on, and its counts. It executes nothing; the scheduler asks its admission for room.
+"""
 
 from __future__ import annotations
 
@@ -6,36 +8,37 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
+from . import _backend
+from ._limits import (
+    Admission,
+    ConcurrencyLimit,
+    Limit,
+    PauseLimit,
+    RateLimit,
+    StoreLimit,
+    ThreadLimit,
+)
+from ._queues import WorkQueue
+
+MAX_IDLE = 128  # most idle runners a service keeps
 from ._rate import RateLimiter, RateSpec, parse_rate
 
 if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+    from ._fleet import Fleet
     from ._work import WorkUnit
 
-__all__ = ["Service", "Slots", "validate_concurrent"]
+__all__ = ["Handed", "Service", "validate_concurrent"]
+
+# What goes through a service's dispatch stream to an idle runner: an admitted work and the
+# holds its admission took.
+Handed = tuple["WorkUnit", tuple[Any, ...]]
 
 
-class Slots:
-    """A service's concurrency slots: a counter with a CapacityLimiter's attribute names.
-
-    Only the scheduler takes and gives slots, and it never waits for one (a full service
-    leaves its work queued), so a limiter's per-borrower bookkeeping and waiter queue would be
-    pure cost on every start. ``total_tokens`` may drop below ``borrowed_tokens`` when a live
-    reconfiguration lowers ``concurrent``: no new start happens until enough have finished.
-    """
-
-    __slots__ = ("borrowed_tokens", "total_tokens")
-
-    def __init__(self, total_tokens: float) -> None:
-        self.total_tokens = total_tokens
-        self.borrowed_tokens = 0
-
-    @property
-    def available_tokens(self) -> float:
-        """Slots free right now (at most 0 when full)."""
-        return self.total_tokens - self.borrowed_tokens
-
-
-def validate_concurrent(name: str, concurrent: object) -> int | None:
+def validate_concurrent(name: str | None, concurrent: object) -> int | None:
     """Check ``concurrent=`` for service ``name``; None means unlimited."""
     if concurrent is None:
         return None
@@ -49,45 +52,56 @@ def validate_concurrent(name: str, concurrent: object) -> int | None:
 
 
 class Service:
-    """A named bucket of limits. It executes nothing; the scheduler asks it for room."""
+    """A named bucket of limits, with the work that waits for them."""
 
     __slots__ = (
         "_clock",
+        "_limiter_backend",
         "abandoned",
+        "admission",
         "completed",
+        "concurrency",
         "concurrent",
         "failed",
+        "handing",
+        "idle_runners",
+        "label",
         "limiter",
         "max_running",
         "name",
-        "paused_until",
+        "pause",
         "queue",
-        "queued",
         "rate",
         "rate_text",
+        "receive",
         "retried",
         "running",
+        "send",
         "shared",
         "shared_wait_until",
         "skipped",
-        "spares",
         "started",
         "store_backoff",
         "store_error",
-        "waking",
     )
 
-    def __init__(self, name: str, *, clock: Callable[[], float]) -> None:
+    def __init__(self, name: str | None, *, clock: Callable[[], float]) -> None:
         self.name = name
+        self.label = "work without a service" if name is None else f"service {name!r}"
         self._clock = clock
         self.concurrent: int | None = None
         self.rate_text: str | None = None
         self.rate: RateLimiter | None = None
-        self.limiter: Slots | None = None  # made once the loop runs
-        self.paused_until = -math.inf
-        # Candidates waiting for room: a heap of (order key, sequence, token, work).
-        self.queue: list[tuple[float, int, int, WorkUnit]] = []
-        self.queued = 0  # live entries in `queue` (stale ones are dropped lazily)
+        self.limiter: anyio.CapacityLimiter | None = None  # made on first need (see capacity)
+        self._limiter_backend: str | None = None
+        self.pause = PauseLimit(self.label)
+        self.concurrency: ConcurrencyLimit | None = None
+        self.admission = Admission(())
+        self.queue = WorkQueue()
+        self.send: MemoryObjectSendStream[Handed] | None = None  # to idle runners (bind)
+        self.receive: MemoryObjectReceiveStream[Handed] | None = None
+        self.idle_runners = 0  # runners waiting on the stream
+        self.handing = 0  # works sent to idle runners that have not resumed yet
         self.running = 0
         self.abandoned = 0  # sync handlers past their timeout or cancel: their threads still run
         self.max_running = 0
@@ -96,15 +110,20 @@ class Service:
         self.failed = 0
         self.skipped = 0
         self.retried = 0
-        self.spares: list[Any] = []  # idle runners of this service waiting for work (scheduler's)
-        self.waking = 0  # spares handed a work that have not resumed yet
         self.shared = False  # limits kept in the cue's store, for every process
         self.shared_wait_until = -math.inf
         self.store_error: str | None = None
         self.store_backoff = 0.0
 
+    # ------------------------------------------------------------------ limits
+
+    @property
+    def paused_until(self) -> float:
+        return self.pause.until
+
     def configure(self, *, rate: str | None, concurrent: int | None) -> None:
-        """Set (or change, while running) the limits. Past starts still count."""
+        """Set (or change, while running) the limits. Past starts still count; validates
+        everything before it changes anything."""
         specs: tuple[RateSpec, ...] = parse_rate(rate) if rate is not None else ()
         concurrent = validate_concurrent(self.name, concurrent)
         if not specs:
@@ -117,37 +136,86 @@ class Service:
         self.rate_text = rate
         self.concurrent = concurrent
         if self.limiter is not None:
-            self.limiter.total_tokens = math.inf if concurrent is None else concurrent
+            self.limiter.total_tokens = self._tokens()
 
-    def bind(self, clock: Callable[[], float], shift: float = 0.0) -> None:
-        """Adopt the loop's clock once a run starts (and the slots, the first time).
+    def _tokens(self) -> float:
+        return math.inf if self.concurrent is None else self.concurrent
 
-        ``shift`` moves times kept from an earlier run onto this run's clock.
-        """
+    def capacity(self) -> anyio.CapacityLimiter:
+        """The service's concurrency limiter (``cue.limiter(name)``), made on first need."""
+        if self.limiter is None:
+            self.limiter = anyio.CapacityLimiter(self._tokens())
+            self._limiter_backend = _backend.current_backend()
+        return self.limiter
+
+    def rebuild(self, threads: ThreadLimit | None, fleet: Fleet | None) -> None:
+        """Put the admission together from the current configuration."""
+        limits: list[Limit] = [self.pause]
+        if self.concurrency is None or self.concurrency.limiter is not self.capacity():
+            self.concurrency = ConcurrencyLimit(self.capacity(), self.label)
+        limits.append(self.concurrency)
+        if self.concurrent is None and threads is not None:
+            limits.append(threads)
+        if self.shared and fleet is not None:
+            limits.append(StoreLimit(fleet, self, self.label))
+        elif self.rate is not None:
+            assert self.rate_text is not None
+            limits.append(RateLimit(self.rate, self.rate_text, self.label))
+        self.admission = Admission(limits)
+
+    def bind(
+        self,
+        clock: Callable[[], float],
+        shift: float,
+        threads: ThreadLimit,
+        fleet: Fleet | None,
+    ) -> None:
+        """A run starts: adopt the loop's clock (``shift`` moves times kept from an earlier
+        run onto it), make the dispatch stream, and build the admission."""
         self._clock = clock
         if self.rate is not None:
             self.rate.set_clock(clock)
             if shift:
                 self.rate.shift(shift)
-        if shift and self.paused_until != -math.inf:
-            self.paused_until += shift
+        if shift and self.pause.until != -math.inf:
+            self.pause.until += shift
         self.shared_wait_until = -math.inf
-        self.spares.clear()
-        self.waking = 0
-        if self.limiter is None:
-            self.limiter = Slots(math.inf if self.concurrent is None else self.concurrent)
+        backend = _backend.current_backend()
+        if self.limiter is not None and self._limiter_backend not in (None, backend):
+            self.limiter = None  # made for another backend in an earlier run
+        self.capacity()
+        self._limiter_backend = backend
+        # A buffer as large as the idle runners may be: a runner counts itself idle a moment
+        # before the stream lists it as waiting (its receive() lets others run first), and
+        # a work sent in that moment waits in the buffer for it. Nothing else is buffered:
+        # a work is sent only to a runner counted idle and not yet given one.
+        self.send, self.receive = anyio.create_memory_object_stream[Handed](MAX_IDLE)
+        self.idle_runners = self.handing = 0
+        self.rebuild(threads, fleet)
 
-    def free_slots(self, clock: Callable[[], float]) -> float:
-        """How many more starts the limits allow right now (inf when unlimited).
+    def close(self) -> None:
+        if self.send is not None:
+            self.send.close()
+        if self.receive is not None:
+            self.receive.close()
+        self.send = self.receive = None
 
-        Reads ``clock`` only when a pause or a rate makes time matter.
-        """
-        free = math.inf if self.limiter is None else self.limiter.available_tokens
+    def free_slots(self) -> float:
+        """A quick upper bound of how many more starts the limits may allow right now."""
+        concurrency = self.concurrency
+        free = math.inf if concurrency is None else concurrency.free()
         if free <= 0:
             return 0
-        if self.paused_until != -math.inf and self.paused_until > clock():
+        now = self._clock()
+        if not self.pause.admits_now(now):
+            return 0
+        if self.shared and self.shared_wait_until > now:
             return 0
         rate = self.rate
-        if rate is not None:
+        if rate is not None and not self.shared:
             free = min(free, min(spec.limit - used for spec, used in rate.used()))
         return max(free, 0)
+
+    def ready_at(self, now: float) -> float:
+        """When queued work may start, as far as time decides it (inf: only an event will)."""
+        return self.admission.ready_at(self.queue.head(), now)

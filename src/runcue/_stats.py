@@ -5,7 +5,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["CueStats", "RateWindowStats", "ServiceStats"]
+__all__ = ["CueStats", "LimitState", "RateWindowStats", "ServiceStats"]
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """One limit of a service at the moment of the snapshot (see ``ServiceStats.limits``)."""
+
+    kind: str
+    """``"pause"``, ``"concurrency"``, ``"rate"``, ... (the kind of limit)."""
+    name: str
+    """What it limits, in words: ``"60/60s"``, ``"5 at once"``."""
+    used: float
+    """What it holds now: starts in the window, slots taken, seconds of pause left."""
+    limit: float
+    """Its capacity (``inf`` when unlimited)."""
+    ready_in: float = 0.0
+    """Seconds until it admits one more start as far as time decides (0.0: now)."""
+
+    @property
+    def left(self) -> float:
+        """What it still admits right now."""
+        return max(0.0, self.limit - self.used)
 
 
 @dataclass(frozen=True)
@@ -48,6 +69,8 @@ class ServiceStats:
     """True when the limits live in the cue's store (shared by every process)."""
     store_error: str | None = None
     """The last error from the store while it is unreachable (None when it answers)."""
+    limits: tuple[LimitState, ...] = ()
+    """Every limit of the service and what it holds (while the cue runs)."""
 
 
 @dataclass(frozen=True)

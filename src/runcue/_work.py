@@ -52,6 +52,7 @@ class WorkUnit:
         "_cancel_requested",
         "_dedup_key",
         "_enqueued",
+        "_holds",
         "_inputs",
         "_missing",
         "_outputs",
@@ -103,7 +104,8 @@ class WorkUnit:
     _outputs: list[Any]  # declared output artifacts
     _missing: list[Any]  # inputs missing at the last check
     _task: Any  # the TaskSpec
-    _where: int  # which scheduler structure holds it (see _scheduler.py)
+    _where: int  # which scheduler structure holds it (see _queues.py)
+    _holds: Any  # while admitted: its admission's holds (see _limits.Admission)
     _token: int  # bumped on every enqueue; stale heap entries carry an older one
 
     def __init__(
@@ -149,6 +151,7 @@ class WorkUnit:
         self._inputs = self._outputs = self._missing = _NONE
         self._task = None
         self._where = 0
+        self._holds = None
         self._token = 0
 
     @property

@@ -1,0 +1,515 @@
+"""Admission: a service's limits, each one object of one protocol, admitting together or not.
+
+A service holds a list of **limits**. To start a work, :class:`Admission` asks each to
+``reserve`` a place for it, all or none: a limit answers a *hold* (anything but None) or None
+(not now). Then, for each hold, exactly one of:
+
+- ``commit(hold, now)`` when the handler really starts (a rate window stamps the start here,
+  right before the call), and later ``settle(hold, work, now, error)`` once the handler ended
+  (a concurrency slot is given back; a cost known only after the call is counted);
+- ``release(hold)`` when the work will not start after all (cancelled, the cue stopping, the
+  service paused meanwhile).
+
+Every limit also says when it could next admit as far as time decides (``ready_at``: a time,
+or ``inf`` when only an event frees it -- a finishing handler wakes the scheduler itself), why
+it refuses a work now (``blocked``, for ``debug_blocked()`` and ``explain()``), and what it
+holds (``state``, for ``stats()``). A limit whose ``awaits`` is set (the shared store) takes a
+round trip to reserve and to settle: the scheduler awaits ``reserve_async`` /
+``settle_async`` after the local limits admitted -- the same path, one flag. A kind of limit
+is one class here; the scheduler never names one.
+
+Today's kinds: :class:`PauseLimit` (after a ``RateLimited``), :class:`ConcurrencyLimit` (a
+real :class:`anyio.CapacityLimiter`, borrowed on behalf of each work; app code may share it),
+:class:`ThreadLimit` (worker threads for sync handlers of services without ``concurrent``),
+:class:`RateLimit` (exact sliding windows) and :class:`StoreLimit` (limits kept in a shared
+store, for every process).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import anyio
+
+from ._rate import RateLimiter
+from ._stats import LimitState
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from ._fleet import Fleet
+    from ._work import WorkUnit
+
+__all__ = [
+    "Admission",
+    "ConcurrencyLimit",
+    "Limit",
+    "LimitState",
+    "PauseLimit",
+    "RateLimit",
+    "StoreLimit",
+    "ThreadLimit",
+]
+
+NO_HOLD = True  # the hold of a limit that reserved nothing for this work (but admits it)
+
+
+class Limit:
+    """The protocol every limit follows (see the module docstring); defaults do nothing."""
+
+    __slots__ = ()
+
+    kind: ClassVar[str] = "limit"
+    awaits: ClassVar[bool] = False  # reserve/settle need a round trip (the async methods)
+    held_while_running: ClassVar[bool] = False  # settled only once the handler really ended
+    rechecked: ClassVar[bool] = False  # asked again (admits_now) right before the handler
+
+    def reserve(self, work: WorkUnit, now: float) -> Any:
+        return NO_HOLD
+
+    def commit(self, hold: Any, now: float) -> bool:
+        """The handler starts now. True when that is news for a waiting scheduler."""
+        return False
+
+    def release(self, hold: Any) -> None:
+        return None
+
+    def settle(self, hold: Any, work: WorkUnit, now: float, error: BaseException | None) -> None:
+        return None
+
+    def admits_now(self, now: float) -> bool:
+        return True
+
+    def ready_at(self, work: WorkUnit | None, now: float) -> float:
+        return -math.inf
+
+    def blocked(self, work: WorkUnit, now: float) -> tuple[str, str] | None:
+        return None
+
+    def state(self, now: float) -> LimitState | None:
+        return None
+
+    async def reserve_async(self, work: WorkUnit) -> Any:  # pragma: no cover - store only
+        return NO_HOLD
+
+    async def settle_async(self, hold: Any, work: WorkUnit, error: BaseException | None) -> None:
+        return None
+
+
+def _label(service_name: str | None) -> str:
+    return "work without a service" if service_name is None else f"service {service_name!r}"
+
+
+class PauseLimit(Limit):
+    """Nothing of the service starts until ``until`` (a handler raised ``RateLimited``)."""
+
+    kind = "pause"
+    rechecked = True
+
+    __slots__ = ("label", "until")
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.until = -math.inf
+
+    def pause(self, until: float) -> None:
+        """Pause until then (never shortens a pause)."""
+        self.until = max(self.until, until)
+
+    def reserve(self, work: WorkUnit, now: float) -> Any:
+        until = self.until
+        return NO_HOLD if until == -math.inf or until <= now else None
+
+    def admits_now(self, now: float) -> bool:
+        until = self.until
+        return until == -math.inf or until <= now
+
+    def ready_at(self, work: WorkUnit | None, now: float) -> float:
+        return self.until if self.until > now else -math.inf
+
+    def blocked(self, work: WorkUnit, now: float) -> tuple[str, str] | None:
+        if self.until > now:
+            left = self.until - now
+            return ("paused", f"{self.label} is paused (RateLimited) for another {left:.3g}s")
+        return None
+
+    def state(self, now: float) -> LimitState | None:
+        left = max(0.0, self.until - now)
+        return LimitState("pause", "RateLimited pause", left, math.inf, left)
+
+
+class ConcurrencyLimit(Limit):
+    """At most ``concurrent`` handlers at once: an :class:`anyio.CapacityLimiter`, borrowed on
+    behalf of each work from its admission until its handler ended (its thread returned).
+
+    App code may borrow from the same limiter (``cue.limiter(name)``): those tokens count
+    against the service like its own handlers. runcue never waits on the limiter while its
+    own handlers hold tokens (they wake the scheduler when they end); when tokens are held
+    by others and none is free, one *gate* task waits in the limiter's queue, FIFO among
+    the app's waiters, and hands the token it gets to the next work.
+    """
+
+    kind = "concurrency"
+    held_while_running = True
+
+    __slots__ = ("_adopted", "_gate_waiting", "label", "limiter", "ours", "spawn", "wake")
+
+    def __init__(self, limiter: anyio.CapacityLimiter, label: str) -> None:
+        self.limiter = limiter
+        self.label = label
+        self.ours = 0  # tokens borrowed for this cue's work
+        self._adopted: list[object] = []  # tokens a gate waited for, not handed on yet
+        self._gate_waiting = False
+        self.spawn: Callable[..., Any] | None = None  # the cue's task group's start_soon
+        self.wake: Callable[[], None] | None = None
+
+    def free(self) -> float:
+        """Tokens this service could take right now."""
+        return self.limiter.available_tokens + len(self._adopted)
+
+    def reserve(self, work: WorkUnit, now: float) -> Any:
+        if self._adopted:
+            self.ours += 1
+            return self._adopted.pop()
+        try:
+            self.limiter.acquire_on_behalf_of_nowait(work)
+        except anyio.WouldBlock:
+            if self.ours < self.limiter.borrowed_tokens:
+                self._wait_at_gate()  # tokens held by app code: their release wakes nobody
+            return None
+        self.ours += 1
+        return work
+
+    def release(self, hold: Any) -> None:
+        self.ours -= 1
+        self.limiter.release_on_behalf_of(hold)
+
+    def settle(self, hold: Any, work: WorkUnit, now: float, error: BaseException | None) -> None:
+        self.ours -= 1
+        self.limiter.release_on_behalf_of(hold)
+
+    def _wait_at_gate(self) -> None:
+        if self._gate_waiting or self.spawn is None:
+            return
+        self._gate_waiting = True
+        self.spawn(self._gate, name="runcue concurrency gate")
+
+    async def _gate(self) -> None:
+        token = object()
+        try:
+            await self.limiter.acquire_on_behalf_of(token)
+        finally:
+            self._gate_waiting = False
+        self._adopted.append(token)
+        if self.wake is not None:
+            self.wake()
+
+    def unused(self) -> None:
+        """A dispatch turn ended: tokens a gate waited for and nobody took go back."""
+        while self._adopted:
+            self.limiter.release_on_behalf_of(self._adopted.pop())
+
+    def ready_at(self, work: WorkUnit | None, now: float) -> float:
+        if self._adopted or self.limiter.available_tokens > 0:
+            return -math.inf
+        return math.inf  # a finishing handler (or the gate) wakes the scheduler
+
+    def blocked(self, work: WorkUnit, now: float) -> tuple[str, str] | None:
+        limiter = self.limiter
+        if limiter.available_tokens > 0 or self._adopted:
+            return None
+        others = limiter.borrowed_tokens - self.ours
+        shared = f", {others} of them borrowed by other code" if others > 0 else ""
+        return (
+            "service_full",
+            f"{self.label} runs {limiter.borrowed_tokens} of {limiter.total_tokens:g} at"
+            f" once{shared}",
+        )
+
+    def state(self, now: float) -> LimitState | None:
+        limiter = self.limiter
+        total = limiter.total_tokens
+        name = "unlimited" if total == math.inf else f"{total:g} at once"
+        return LimitState("concurrency", name, limiter.borrowed_tokens, total)
+
+
+class ThreadLimit(Limit):
+    """Sync handlers of services without ``concurrent`` share ``max_threads`` worker threads
+    (one :class:`anyio.CapacityLimiter` for the whole cue); async handlers pass freely."""
+
+    kind = "threads"
+    held_while_running = True
+
+    __slots__ = ("limiter", "max_threads", "wake")
+
+    def __init__(self, limiter: anyio.CapacityLimiter, max_threads: int) -> None:
+        self.limiter = limiter
+        self.max_threads = max_threads
+        self.wake: Callable[[], None] | None = None
+
+    def reserve(self, work: WorkUnit, now: float) -> Any:
+        if work._task.is_async:
+            return NO_HOLD
+        try:
+            self.limiter.acquire_on_behalf_of_nowait(work)
+        except anyio.WouldBlock:
+            return None
+        return work
+
+    def _give(self, hold: Any) -> None:
+        if hold is not NO_HOLD:
+            self.limiter.release_on_behalf_of(hold)
+            if self.wake is not None:
+                self.wake()  # the threads are shared by every service without `concurrent`
+
+    def release(self, hold: Any) -> None:
+        self._give(hold)
+
+    def settle(self, hold: Any, work: WorkUnit, now: float, error: BaseException | None) -> None:
+        self._give(hold)
+
+    def ready_at(self, work: WorkUnit | None, now: float) -> float:
+        if work is None or work._task.is_async or self.limiter.available_tokens > 0:
+            return -math.inf
+        return math.inf  # a thread that returns wakes the scheduler
+
+    def blocked(self, work: WorkUnit, now: float) -> tuple[str, str] | None:
+        if work._task.is_async or self.limiter.available_tokens > 0:
+            return None
+        return ("threads_full", f"all max_threads={self.max_threads} worker threads busy")
+
+
+class RateLimit(Limit):
+    """At most N starts in any window (several windows admit together): a slot is reserved
+    when a start is decided and stamped right before the handler is called."""
+
+    kind = "rate"
+
+    __slots__ = ("label", "rate", "text")
+
+    def __init__(self, rate: RateLimiter, text: str, label: str) -> None:
+        self.rate = rate
+        self.text = text
+        self.label = label
+
+    def reserve(self, work: WorkUnit, now: float) -> Any:
+        rate = self.rate
+        return rate if rate.try_reserve() else None
+
+    def commit(self, hold: Any, now: float) -> bool:
+        # The hold is the limiter itself: reconfiguring changes it in place, so a reservation
+        # made under the old windows is committed (or released) where it counts.
+        return bool(hold.commit())
+
+    def release(self, hold: Any) -> None:
+        hold.release()
+
+    def ready_at(self, work: WorkUnit | None, now: float) -> float:
+        return self.rate.next_free(now)
+
+    def blocked(self, work: WorkUnit, now: float) -> tuple[str, str] | None:
+        next_free = self.rate.next_free()
+        if next_free > now:
+            return (
+                "rate_limited",
+                f"{self.label} used its rate {self.text!r}; next slot in {next_free - now:.3g}s",
+            )
+        return None
+
+    def state(self, now: float) -> LimitState | None:  # pragma: no cover - see windows()
+        return None
+
+    def windows(self, now: float) -> list[LimitState]:
+        ready = max(0.0, self.rate.next_free(now) - now)
+        return [
+            LimitState("rate", f"{spec.limit}/{spec.period:g}s", used, spec.limit, ready)
+            for spec, used in self.rate.used()
+        ]
+
+
+class StoreLimit(Limit):
+    """The service's limits kept in the cue's store, shared by every process: a start is a
+    store round trip (after the local limits admitted), and so is giving its lease back."""
+
+    kind = "store"
+    awaits = True
+
+    __slots__ = ("fleet", "label", "service", "spawn")
+
+    def __init__(self, fleet: Fleet, service: Any, label: str) -> None:
+        self.fleet = fleet
+        self.service = service
+        self.label = label
+        self.spawn: Callable[..., Any] | None = None
+
+    def reserve(self, work: WorkUnit, now: float) -> Any:
+        service = self.service
+        return NO_HOLD if service.shared_wait_until <= now else None
+
+    async def reserve_async(self, work: WorkUnit) -> Any:
+        wait = await self.fleet.acquire(self.service, work)
+        if wait > 0:
+            self.service.shared_wait_until = self.fleet.clock() + wait
+            return None
+        return NO_HOLD
+
+    def release(self, hold: Any) -> None:
+        return None  # (the work's holding is given back when it finishes: Fleet.give_back)
+
+    async def settle_async(self, hold: Any, work: WorkUnit, error: BaseException | None) -> None:
+        await self.fleet.after_attempt(work, error)
+
+    def ready_at(self, work: WorkUnit | None, now: float) -> float:
+        until: float = self.service.shared_wait_until
+        return until if until > now else -math.inf
+
+    def blocked(self, work: WorkUnit, now: float) -> tuple[str, str] | None:
+        service = self.service
+        if service.store_error is not None:
+            return (
+                "store_unreachable",
+                f"{self.label} keeps its limits in the store, which does not answer"
+                f" ({service.store_error}); nothing starts until it does",
+            )
+        if service.shared_wait_until > now:
+            return (
+                "shared_limit",
+                f"{self.label}'s shared limits (all processes) are used up; asking again in"
+                f" {service.shared_wait_until - now:.3g}s",
+            )
+        return None
+
+
+class Admission:
+    """A service's limits, admitting a work by all of them or by none.
+
+    The holds of an admission are a tuple whose first item is the admission that made them
+    (then one hold per limit, in order): a work admitted before its service was reconfigured
+    is committed, released and settled by the limits that admitted it.
+    """
+
+    __slots__ = ("awaiting", "committers", "limits", "order", "rechecked")
+
+    def __init__(self, limits: Sequence[Limit]) -> None:
+        self.limits: tuple[Limit, ...] = tuple(limits)
+        # Indexes into the holds (the admission itself is at 0).
+        self.committers = tuple(
+            i + 1 for i, limit in enumerate(self.limits) if type(limit).commit is not Limit.commit
+        )
+        self.rechecked = tuple(limit for limit in self.limits if limit.rechecked)
+        self.awaiting = tuple(i + 1 for i, limit in enumerate(self.limits) if limit.awaits)
+        self.order = sorted(self.limits, key=_describe_rank)  # for blocked(): the first reason
+
+    def admit(self, work: WorkUnit, now: float) -> tuple[Any, ...] | None:
+        """The holds of every limit, or None (and nothing held) when one refuses."""
+        holds: list[Any] = [self]
+        for limit in self.limits:
+            hold = limit.reserve(work, now)
+            if hold is None:
+                for taken, held in zip(self.limits, holds[1:]):
+                    taken.release(held)
+                return None
+            holds.append(hold)
+        return tuple(holds)
+
+    async def admit_awaiting(self, work: WorkUnit) -> bool:
+        """The round trips of the awaiting limits, after :meth:`admit`; False when one refused
+        (the caller then releases the holds)."""
+        limits = self.limits
+        for index in self.awaiting:
+            if await limits[index - 1].reserve_async(work) is None:
+                return False
+        return True
+
+    def commit(self, holds: tuple[Any, ...], now: float) -> bool:
+        """The handler starts now; True when a limit has news for a waiting scheduler."""
+        news = False
+        limits = self.limits
+        for index in self.committers:
+            if limits[index - 1].commit(holds[index], now):
+                news = True
+        return news
+
+    def admits_now(self, now: float) -> bool:
+        """After an await (or a hand-over) between admission and the handler: still yes?"""
+        for limit in self.rechecked:  # noqa: SIM110 - a loop costs less than all() per start
+            if not limit.admits_now(now):
+                return False
+        return True
+
+    def release(self, holds: tuple[Any, ...]) -> None:
+        """The work will not start: every hold goes back."""
+        for limit, hold in zip(self.limits, holds[1:]):
+            limit.release(hold)
+
+    def settle(
+        self,
+        holds: tuple[Any, ...],
+        work: WorkUnit,
+        now: float,
+        error: BaseException | None,
+        *,
+        still_running: bool = False,
+    ) -> None:
+        """The handler ended (``still_running``: its thread runs on, so what it holds while
+        running is settled later by :meth:`settle_held`)."""
+        for limit, hold in zip(self.limits, holds[1:]):
+            if not (still_running and limit.held_while_running):
+                limit.settle(hold, work, now, error)
+
+    def settle_held(self, holds: tuple[Any, ...], work: WorkUnit, now: float) -> None:
+        """A handler's thread that outlived its attempt returned: its slots go back."""
+        for limit, hold in zip(self.limits, holds[1:]):
+            if limit.held_while_running:
+                limit.settle(hold, work, now, None)
+
+    async def settle_async(
+        self, holds: tuple[Any, ...], work: WorkUnit, error: BaseException | None
+    ) -> None:
+        limits = self.limits
+        for index in self.awaiting:
+            await limits[index - 1].settle_async(holds[index], work, error)
+
+    def ready_at(self, work: WorkUnit | None, now: float) -> float:
+        """When time lets one more work start (inf: only an event will)."""
+        ready = -math.inf
+        for limit in self.limits:
+            at = limit.ready_at(work, now)
+            if at > ready:
+                ready = at
+                if ready == math.inf:
+                    break
+        return ready
+
+    def blocked(self, work: WorkUnit, now: float) -> tuple[str, str] | None:
+        """The first reason a limit refuses this work now, or None."""
+        for limit in self.order:
+            reason = limit.blocked(work, now)
+            if reason is not None:
+                return reason
+        return None
+
+    def unused(self) -> None:
+        """A dispatch turn ended: what a limit took in advance and nobody used goes back."""
+        for limit in self.limits:
+            if isinstance(limit, ConcurrencyLimit):
+                limit.unused()
+
+
+_RANK = {"store": 0, "pause": 1, "concurrency": 2, "threads": 3, "rate": 4}
+
+
+def _describe_rank(limit: Limit) -> int:
+    return _RANK.get(limit.kind, len(_RANK))
+
+
+def bind_limits(limits: Sequence[Limit], tg: TaskGroup, wake: Callable[[], None]) -> None:
+    """Give the limits that need them the cue's task group and its scheduler's wake-up."""
+    for limit in limits:
+        if isinstance(limit, ConcurrencyLimit):
+            limit.spawn = tg.start_soon
+            limit.wake = wake
+        elif isinstance(limit, ThreadLimit):
+            limit.wake = wake

@@ -1,0 +1,205 @@
+"""Reporting: the user's event callbacks, the event listeners, and who waits for what.
+
+A sync callback is called right where its event happens, inside a ``try`` (an exception is
+logged, never raised): it costs what the callback costs, no coroutine and no task. An async
+callback is awaited by the part that reports it (``report``), or runs in a task of the cue's
+own (``report_soon``) when the reporter must not wait (the scheduler); either way it is
+bounded by ``check_timeout`` and counted, so ``join()`` and ``stop()`` wait for it. Listeners
+(``cue.subscribe``) get every :class:`WorkEvent`, synchronously, after the cue's bookkeeping.
+
+It also keeps the cue's waiting points: ``join()`` (nothing pending, running or being
+reported), ``wait()`` on one work, and ``stop()``'s wait for running handlers.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._events import WorkEvent
+from ._hooks import Hooks, call_hook, logger
+from ._task import is_async_callable
+
+if TYPE_CHECKING:
+    from ._scheduler import Scheduler
+    from ._work import WorkUnit
+
+__all__ = ["IN_REPORT", "IN_RUNNER", "Reports"]
+
+IN_RUNNER: contextvars.ContextVar[bool] = contextvars.ContextVar("runcue_in_runner", default=False)
+IN_REPORT: contextvars.ContextVar[bool] = contextvars.ContextVar("runcue_in_report", default=False)
+
+_EVENT_HOOKS = (
+    "on_start",
+    "on_complete",
+    "on_failure",
+    "on_retry",
+    "on_cancel",
+    "on_skip",
+    "on_pending_warning",
+    "on_stall_warning",
+)
+
+
+def _safe_repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} (repr failed)>"
+
+
+class Reports:
+    """Callbacks, listeners, and the events the cue's waiters wait on."""
+
+    def __init__(self, engine: Scheduler, hooks: Hooks) -> None:
+        self.engine = engine
+        self.hooks = hooks
+        self.listeners: list[Callable[[WorkEvent], object]] = []
+        self.async_hooks: frozenset[str] = frozenset()  # the names of async event callbacks
+        self.reporting = 0  # async callbacks being awaited; join() and stop() wait for them
+        self.waiters: dict[str, anyio.Event] = {}
+        self.idle = anyio.Event()
+        self.idle.set()
+        self.is_idle = True  # mirrors idle.is_set(), cheaper to read per submit
+        self.no_running: anyio.Event | None = None
+
+    def refresh(self) -> None:
+        """A callback was registered: note which are async."""
+        hooks = self.hooks
+        self.async_hooks = frozenset(
+            name for name in _EVENT_HOOKS if is_async_callable(getattr(hooks, name))
+        )
+
+    def rebind(self) -> None:
+        """A run starts: events made on an earlier run's loop are made anew where unused."""
+        self.no_running = None
+        if self.idle.is_set():  # (an unset one may have a join() waiting on it already)
+            self.idle = anyio.Event()
+            self.idle.set()
+
+    # ------------------------------------------------------------------ events
+
+    def emit(
+        self, kind: str, work: WorkUnit, details: str = "", duration: float | None = None
+    ) -> None:
+        """Tell every listener (only called when there is one)."""
+        event = WorkEvent(kind, work, self.engine.clock(), work._task.service, details, duration)
+        for listener in tuple(self.listeners):
+            try:
+                listener(event)
+            except Exception:
+                logger.exception(
+                    "runcue: the event listener %r raised; it stays subscribed", listener
+                )
+
+    def emit_end(self, work: WorkUnit, duration: float | None) -> None:
+        """The terminal event of a work."""
+        kind = "skipped" if work.skipped else work.state.value
+        exception = work.exception
+        self.emit(kind, work, "" if exception is None else _safe_repr(exception), duration)
+
+    # ------------------------------------------------------------------ callbacks
+
+    def call(self, name: str, hook: Callable[..., Any], *args: Any) -> None:
+        """Call a sync callback here; an exception is logged."""
+        try:
+            hook(*args)
+        except Exception:
+            logger.exception("runcue: the %s callback %r raised; the cue goes on", name, hook)
+
+    async def report(self, name: str, hook: Callable[..., Any], *args: Any) -> None:
+        """Call an event callback and wait for it; join() and stop() wait for it too."""
+        if name not in self.async_hooks:
+            self.call(name, hook, *args)
+            return
+        self.reporting += 1
+        await self._counted(name, hook, *args)
+
+    def report_soon(self, name: str, hook: Callable[..., Any], *args: Any) -> None:
+        """Call an event callback without holding up the caller: a sync one right here, an
+        async one in its own task (join() and stop() still wait for it)."""
+        tg = self.engine.tg
+        if name not in self.async_hooks:
+            self.call(name, hook, *args)
+            return
+        if tg is None:  # (not running: a caller that may meet this awaits run_all instead)
+            return
+        self.reporting += 1
+        tg.start_soon(self._counted, name, hook, *args)
+
+    async def run_all(
+        self, name: str, hook: Callable[..., Any], args: list[tuple[Any, ...]]
+    ) -> None:
+        """Await one async callback per argument tuple, concurrently, right here."""
+        async with anyio.create_task_group() as tg:
+            for one in args:
+                self.reporting += 1
+                tg.start_soon(self._counted, name, hook, *one)
+
+    async def _counted(self, name: str, hook: Callable[..., Any], *args: Any) -> None:
+        """Await a callback already counted in ``reporting`` (stop() from inside it knows)."""
+        token = IN_REPORT.set(True)
+        try:
+            timeout = self.engine.checks.timeout
+            if name == "on_cancel":
+                # Often reported while the cue is being cancelled: let it finish (bounded).
+                with anyio.CancelScope(shield=True):
+                    await call_hook(name, hook, *args, timeout=min(timeout, 5.0))
+            else:
+                await call_hook(name, hook, *args, timeout=timeout)
+        finally:
+            IN_REPORT.reset(token)
+            self.reporting -= 1
+            self.check_idle()
+
+    # ------------------------------------------------------------------ waiting
+
+    def busy(self) -> None:
+        """Work exists: join() waits from now on."""
+        if self.is_idle:
+            self.is_idle = False
+            self.idle = anyio.Event()
+
+    def check_idle(self) -> None:
+        # Waiters re-check their own condition: waking them early is harmless.
+        engine = self.engine
+        if engine.running <= 1 and self.no_running is not None:
+            self.no_running.set()
+        if not self.reporting and not engine.works:
+            self.is_idle = True
+            self.idle.set()
+
+    def finished(self, work_id: str) -> None:
+        """A work reached its end: wake its wait()ers."""
+        waiter = self.waiters.pop(work_id, None)
+        if waiter is not None:
+            waiter.set()
+
+    async def wait_no_running(self, *, reports: bool = True) -> None:
+        """Until no handler runs (and, with ``reports``, no callback is being awaited) -- but
+        for the caller's own, when a handler or a callback is the caller."""
+        own = 1 if IN_RUNNER.get() and not IN_REPORT.get() else 0
+        own_report = 1 if IN_REPORT.get() else 0
+        engine = self.engine
+        while engine.running > own or (reports and self.reporting > own_report):
+            self.no_running = anyio.Event()
+            await self.no_running.wait()
+
+    async def join(self) -> None:
+        engine = self.engine
+        while engine.works or self.reporting:
+            if self.idle.is_set():
+                self.is_idle = False
+                self.idle = anyio.Event()
+            await self.idle.wait()
+
+    async def wait_for(self, work: WorkUnit) -> None:
+        if work.state.finished:
+            return
+        event = self.waiters.get(work.id)
+        if event is None:
+            event = self.waiters[work.id] = anyio.Event()
+        await event.wait()
