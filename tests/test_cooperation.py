@@ -358,8 +358,8 @@ async def test_a_completion_sweep_comes_sooner_when_nothing_runs() -> None:
         # As if the last sweep, 15 s ago, had taken 10 s: while work runs, the next one
         # would wait until 30 s after it; with nothing running, it is due already.
         engine = cue._engine
-        engine._last_sweep = engine.clock() - 15.0
-        engine._last_sweep_cost = 10.0
+        engine.sweeps.last_sweep = engine.clock() - 15.0
+        engine.sweeps.last_cost = 10.0
         await cue.submit("produce")
         with anyio.fail_after(5):
             await cue.wait(consumer)

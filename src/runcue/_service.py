@@ -21,8 +21,6 @@ from ._limits import (
     ThreadLimit,
 )
 from ._queues import WorkQueue
-
-MAX_IDLE = 128  # most idle runners a service keeps
 from ._rate import RateLimiter, RateSpec, parse_rate
 
 if TYPE_CHECKING:
@@ -31,7 +29,9 @@ if TYPE_CHECKING:
     from ._fleet import Fleet
     from ._work import WorkUnit
 
-__all__ = ["Handed", "Service", "validate_concurrent"]
+__all__ = ["MAX_IDLE", "Handed", "Service", "validate_concurrent"]
+
+MAX_IDLE = 128  # most idle runners a service keeps
 
 # What goes through a service's dispatch stream to an idle runner: an admitted work and the
 # holds its admission took.
