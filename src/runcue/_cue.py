@@ -624,6 +624,7 @@ class Cue:
         :raises TypeError: when params is not a mapping.
         :raises CueStateError: after ``stop()``.
         """
+        now: float | None = None
         if self._state == _RUNNING:
             # A long burst of submissions lets started work (and every other task) run every
             # SUBMIT_SLICE seconds, so the first works begin while the rest are still being
@@ -709,7 +710,7 @@ class Cue:
             except Exception as exc:
                 msg = f"task {task!r}: its inputs/outputs could not be read for {params!r}: {exc}"
                 raise TypeError(msg) from exc
-        return self._engine.submit(work, dedup_key).id
+        return self._engine.submit(work, dedup_key, now).id
 
     def _peek(self, timer_in: Callable[[], float]) -> float:
         """Seconds until the loop's next timer; spaces the next look by what this one cost

@@ -62,11 +62,11 @@ class Dispatcher:
         room is left: idle runners are woken one after another, each by the last, instead of
         all at once, so work that runs without waiting (the first runner drains the queue)
         wakes one or two, and work that waits (I/O) still spreads over every free slot."""
-        if len(service.queue) and service.idle_runners and self.hands_on():
+        if service.queue.live and service.idle_runners and self.hands_on():
             following = await self.take_next(service)
             if following is not None:
                 self.engine.runners.launch(following[0], service)
-        elif len(service.queue):
+        elif service.queue.live:
             self.engine.wake()  # no idle runner left to wake: the scheduler starts the rest
 
     def start(self, work: WorkUnit, service: Service) -> bool:
@@ -75,7 +75,7 @@ class Dispatcher:
         engine = self.engine
         if engine.closing:
             return False  # the cue is stopping: it starts nothing new
-        holds = service.admission.admit(work, engine.clock())
+        holds = service.admission.admit(work)
         if holds is None:
             return False
         work._holds = holds
@@ -97,7 +97,7 @@ class Dispatcher:
             for service in list(engine.queued_services):
                 if await self.walk(service) is True:
                     again = True
-                if not len(service.queue):
+                if not service.queue.live:
                     engine.queued_services.pop(service, None)
                 service.admission.unused()
 
@@ -105,13 +105,13 @@ class Dispatcher:
         """A runner that just finished an attempt takes its service's next work itself."""
         queue = service.queue
         engine = self.engine
-        if not len(queue) or engine.closing:
+        if not queue.live or engine.closing:
             return None
         if not engine.checks.active and engine.fleet is None:
             # The common case, without a walk: nothing to ask, no store.
             work = queue.pop()
             if work is not None:
-                holds = service.admission.admit(work, engine.clock())
+                holds = service.admission.admit(work)
                 if holds is not None:
                     work._holds = holds
                     engine.mark_running(work, service)
@@ -132,7 +132,7 @@ class Dispatcher:
         fleet = engine.fleet
         began = time.perf_counter()
         walked = 0
-        while len(queue) and not engine.closing:
+        while queue.live and not engine.closing:
             if not take and self.handing_on(service):
                 return None  # a runner being woken takes it on (hand_on)
             free = service.free_slots()
@@ -143,7 +143,7 @@ class Dispatcher:
                 break  # checks run in a worker thread: the scheduler asks them in batches
             size = 1  # one at a time when asked inline: work that is not ready uses no room
             if not take and fleet is None and (batched or not checks.active):
-                size = int(min(free, len(queue), BATCH_MAX))
+                size = int(min(free, queue.live, BATCH_MAX))
             batch: list[WorkUnit] = []
             for _ in range(size):
                 work = queue.pop()
@@ -172,7 +172,7 @@ class Dispatcher:
                     for rest in batch[index:]:
                         if rest._where == CHECKING:
                             engine.enqueue(rest, now)
-                    if take and len(queue):
+                    if take and queue.live:
                         engine.wake()
                     return None
                 if take:
@@ -182,12 +182,12 @@ class Dispatcher:
             slow = time.perf_counter() - began > WALK_SLICE
             if walked >= BATCH_MAX or slow or (batched and parked):
                 if take:
-                    if len(queue):
+                    if queue.live:
                         engine.wake()  # a long walk: the scheduler goes on with it
                     return None
                 await self.between_batches()
                 return True
-        if take and len(queue) and not engine.closing:
+        if take and queue.live and not engine.closing:
             engine.wake()  # work is left that the scheduler must time (a rate slot, a pause)
         return None
 
@@ -226,17 +226,12 @@ class Dispatcher:
         if engine.closing:
             return None  # the cue is stopping: it starts nothing new, whatever was decided
         admission = service.admission
-        holds = admission.admit(work, engine.clock())
+        holds = admission.admit(work)
         if holds is None:
             return None
         if admission.awaiting:
             granted = await admission.admit_awaiting(work)
-            if (
-                not granted
-                or work._where != CHECKING
-                or engine.closing
-                or not admission.admits_now(engine.clock())
-            ):
+            if not granted or work._where != CHECKING or engine.closing or not admission.admits():
                 admission.release(holds)
                 if granted:
                     engine.give_back_soon(work)  # granted, but cancelled or held back meanwhile

@@ -1,8 +1,10 @@
 """Admission: a service's limits, each one object of one protocol, admitting together or not.
 
-A service holds a list of **limits**. To start a work, :class:`Admission` asks each to
-``reserve`` a place for it, all or none: a limit answers a *hold* (anything but None) or None
-(not now). Then, for each hold, exactly one of:
+A service holds a list of **limits**. A limit is either a *gate*, which holds nothing and
+only says whether a start may happen now (``admits``: the pause after a ``RateLimited``), or a
+*holder*: to start a work, :class:`Admission` asks each holder to ``reserve`` a place for it,
+all or none -- a hold (anything but None) or None (not now). Then, for each hold, exactly one
+of:
 
 - ``commit(hold, now)`` when the handler really starts (a rate window stamps the start here,
   right before the call), and later ``settle(hold, work, now, error)`` once the handler ended
@@ -10,13 +12,15 @@ A service holds a list of **limits**. To start a work, :class:`Admission` asks e
 - ``release(hold)`` when the work will not start after all (cancelled, the cue stopping, the
   service paused meanwhile).
 
-Every limit also says when it could next admit as far as time decides (``ready_at``: a time,
-or ``inf`` when only an event frees it -- a finishing handler wakes the scheduler itself), why
-it refuses a work now (``blocked``, for ``debug_blocked()`` and ``explain()``), and what it
-holds (``state``, for ``stats()``). A limit whose ``awaits`` is set (the shared store) takes a
-round trip to reserve and to settle: the scheduler awaits ``reserve_async`` /
-``settle_async`` after the local limits admitted -- the same path, one flag. A kind of limit
-is one class here; the scheduler never names one.
+Gates are asked at admission and again right before the handler, after every await or
+hand-over in between. Every limit also says when it could next admit as far as time decides
+(``ready_at``: a time, or ``inf`` when only an event frees it -- a finishing handler wakes the
+scheduler itself), why it refuses a work now (``blocked``, for ``debug_blocked()`` and
+``explain()``), and what it holds (``state``, for ``stats()``). A limit whose ``awaits`` is set
+(the shared store) takes a round trip to reserve and to settle: the scheduler awaits
+``reserve_async`` / ``settle_async`` after the local limits admitted -- the same path, one
+flag. Limits read time from the clock they are given (the loop's), so the hot path passes
+none. A kind of limit is one class here; the scheduler never names one.
 
 Today's kinds: :class:`PauseLimit` (after a ``RateLimited``), :class:`ConcurrencyLimit` (a
 real :class:`anyio.CapacityLimiter`, borrowed on behalf of each work; app code may share it),
@@ -62,11 +66,16 @@ class Limit:
     __slots__ = ()
 
     kind: ClassVar[str] = "limit"
+    gate: ClassVar[bool] = False  # holds nothing: admits() at admission and before the handler
     awaits: ClassVar[bool] = False  # reserve/settle need a round trip (the async methods)
     held_while_running: ClassVar[bool] = False  # settled only once the handler really ended
-    rechecked: ClassVar[bool] = False  # asked again (admits_now) right before the handler
 
-    def reserve(self, work: WorkUnit, now: float) -> Any:
+    def admits(self) -> bool:
+        """A gate: may a start happen now?"""
+        return True
+
+    def reserve(self, work: WorkUnit) -> Any:
+        """A holder: a hold for this work, or None when it has no room now."""
         return NO_HOLD
 
     def commit(self, hold: Any, now: float) -> bool:
@@ -78,9 +87,6 @@ class Limit:
 
     def settle(self, hold: Any, work: WorkUnit, now: float, error: BaseException | None) -> None:
         return None
-
-    def admits_now(self, now: float) -> bool:
-        return True
 
     def ready_at(self, work: WorkUnit | None, now: float) -> float:
         return -math.inf
@@ -103,28 +109,26 @@ def _label(service_name: str | None) -> str:
 
 
 class PauseLimit(Limit):
-    """Nothing of the service starts until ``until`` (a handler raised ``RateLimited``)."""
+    """A gate: nothing of the service starts until ``until`` (a handler raised
+    ``RateLimited``)."""
 
     kind = "pause"
-    rechecked = True
+    gate = True
 
-    __slots__ = ("label", "until")
+    __slots__ = ("clock", "label", "until")
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, clock: Callable[[], float]) -> None:
         self.label = label
+        self.clock = clock
         self.until = -math.inf
 
     def pause(self, until: float) -> None:
         """Pause until then (never shortens a pause)."""
         self.until = max(self.until, until)
 
-    def reserve(self, work: WorkUnit, now: float) -> Any:
+    def admits(self) -> bool:
         until = self.until
-        return NO_HOLD if until == -math.inf or until <= now else None
-
-    def admits_now(self, now: float) -> bool:
-        until = self.until
-        return until == -math.inf or until <= now
+        return until == -math.inf or until <= self.clock()
 
     def ready_at(self, work: WorkUnit | None, now: float) -> float:
         return self.until if self.until > now else -math.inf
@@ -154,10 +158,23 @@ class ConcurrencyLimit(Limit):
     kind = "concurrency"
     held_while_running = True
 
-    __slots__ = ("_adopted", "_gate_waiting", "label", "limiter", "ours", "spawn", "wake")
+    __slots__ = (
+        "_acquire",
+        "_adopted",
+        "_gate_waiting",
+        "_release",
+        "label",
+        "limiter",
+        "ours",
+        "spawn",
+        "wake",
+    )
 
     def __init__(self, limiter: anyio.CapacityLimiter, label: str) -> None:
         self.limiter = limiter
+        # (bound once: they run twice per start)
+        self._acquire = limiter.acquire_on_behalf_of_nowait
+        self._release = limiter.release_on_behalf_of
         self.label = label
         self.ours = 0  # tokens borrowed for this cue's work
         self._adopted: list[object] = []  # tokens a gate waited for, not handed on yet
@@ -169,12 +186,12 @@ class ConcurrencyLimit(Limit):
         """Tokens this service could take right now."""
         return self.limiter.available_tokens + len(self._adopted)
 
-    def reserve(self, work: WorkUnit, now: float) -> Any:
+    def reserve(self, work: WorkUnit) -> Any:
         if self._adopted:
             self.ours += 1
             return self._adopted.pop()
         try:
-            self.limiter.acquire_on_behalf_of_nowait(work)
+            self._acquire(work)
         except anyio.WouldBlock:
             if self.ours < self.limiter.borrowed_tokens:
                 self._wait_at_gate()  # tokens held by app code: their release wakes nobody
@@ -184,11 +201,11 @@ class ConcurrencyLimit(Limit):
 
     def release(self, hold: Any) -> None:
         self.ours -= 1
-        self.limiter.release_on_behalf_of(hold)
+        self._release(hold)
 
     def settle(self, hold: Any, work: WorkUnit, now: float, error: BaseException | None) -> None:
         self.ours -= 1
-        self.limiter.release_on_behalf_of(hold)
+        self._release(hold)
 
     def _wait_at_gate(self) -> None:
         if self._gate_waiting or self.spawn is None:
@@ -249,7 +266,7 @@ class ThreadLimit(Limit):
         self.max_threads = max_threads
         self.wake: Callable[[], None] | None = None
 
-    def reserve(self, work: WorkUnit, now: float) -> Any:
+    def reserve(self, work: WorkUnit) -> Any:
         if work._task.is_async:
             return NO_HOLD
         try:
@@ -294,7 +311,7 @@ class RateLimit(Limit):
         self.text = text
         self.label = label
 
-    def reserve(self, work: WorkUnit, now: float) -> Any:
+    def reserve(self, work: WorkUnit) -> Any:
         rate = self.rate
         return rate if rate.try_reserve() else None
 
@@ -336,27 +353,21 @@ class StoreLimit(Limit):
     kind = "store"
     awaits = True
 
-    __slots__ = ("fleet", "label", "service", "spawn")
+    __slots__ = ("fleet", "label", "service")
 
     def __init__(self, fleet: Fleet, service: Any, label: str) -> None:
         self.fleet = fleet
         self.service = service
         self.label = label
-        self.spawn: Callable[..., Any] | None = None
-
-    def reserve(self, work: WorkUnit, now: float) -> Any:
-        service = self.service
-        return NO_HOLD if service.shared_wait_until <= now else None
 
     async def reserve_async(self, work: WorkUnit) -> Any:
+        if self.service.shared_wait_until > self.fleet.clock():
+            return None  # the store said when to ask again: not before
         wait = await self.fleet.acquire(self.service, work)
         if wait > 0:
             self.service.shared_wait_until = self.fleet.clock() + wait
             return None
         return NO_HOLD
-
-    def release(self, hold: Any) -> None:
-        return None  # (the work's holding is given back when it finishes: Fleet.give_back)
 
     async def settle_async(self, hold: Any, work: WorkUnit, error: BaseException | None) -> None:
         await self.fleet.after_attempt(work, error)
@@ -385,30 +396,50 @@ class StoreLimit(Limit):
 class Admission:
     """A service's limits, admitting a work by all of them or by none.
 
-    The holds of an admission are a tuple whose first item is the admission that made them
-    (then one hold per limit, in order): a work admitted before its service was reconfigured
+    The holds of an admission are a tuple whose first item is the admission that made them,
+    then one hold per holder, in order: a work admitted before its service was reconfigured
     is committed, released and settled by the limits that admitted it.
     """
 
-    __slots__ = ("awaiting", "committers", "limits", "order", "rechecked")
+    __slots__ = (
+        "awaiting",
+        "committers",
+        "gates",
+        "held",
+        "holders",
+        "limits",
+        "order",
+        "single",
+    )
 
     def __init__(self, limits: Sequence[Limit]) -> None:
         self.limits: tuple[Limit, ...] = tuple(limits)
+        self.gates = tuple(limit for limit in self.limits if limit.gate)
+        self.holders = tuple(limit for limit in self.limits if not limit.gate and not limit.awaits)
+        # The common shape, one holder (a concurrency slot): no loop, no list.
+        self.single = self.holders[0] if len(self.holders) == 1 else None
         # Indexes into the holds (the admission itself is at 0).
         self.committers = tuple(
-            i + 1 for i, limit in enumerate(self.limits) if type(limit).commit is not Limit.commit
+            i + 1 for i, limit in enumerate(self.holders) if type(limit).commit is not Limit.commit
         )
-        self.rechecked = tuple(limit for limit in self.limits if limit.rechecked)
-        self.awaiting = tuple(i + 1 for i, limit in enumerate(self.limits) if limit.awaits)
+        self.held = any(limit.held_while_running for limit in self.holders)
+        self.awaiting = tuple(limit for limit in self.limits if limit.awaits)
         self.order = sorted(self.limits, key=_describe_rank)  # for blocked(): the first reason
 
-    def admit(self, work: WorkUnit, now: float) -> tuple[Any, ...] | None:
-        """The holds of every limit, or None (and nothing held) when one refuses."""
+    def admit(self, work: WorkUnit) -> tuple[Any, ...] | None:
+        """The holds of every holder, or None (and nothing held) when a limit refuses."""
+        for gate in self.gates:
+            if not gate.admits():
+                return None
+        single = self.single
+        if single is not None:
+            hold = single.reserve(work)
+            return None if hold is None else (self, hold)
         holds: list[Any] = [self]
-        for limit in self.limits:
-            hold = limit.reserve(work, now)
+        for limit in self.holders:
+            hold = limit.reserve(work)
             if hold is None:
-                for taken, held in zip(self.limits, holds[1:]):
+                for taken, held in zip(self.holders, holds[1:]):
                     taken.release(held)
                 return None
             holds.append(hold)
@@ -417,32 +448,35 @@ class Admission:
     async def admit_awaiting(self, work: WorkUnit) -> bool:
         """The round trips of the awaiting limits, after :meth:`admit`; False when one refused
         (the caller then releases the holds)."""
-        limits = self.limits
-        for index in self.awaiting:
-            if await limits[index - 1].reserve_async(work) is None:
+        for limit in self.awaiting:
+            if await limit.reserve_async(work) is None:
+                return False
+        return True
+
+    def admits(self) -> bool:
+        """After an await (or a hand-over) between admission and the handler: still yes?"""
+        for gate in self.gates:  # noqa: SIM110 - a loop costs less than all() per start
+            if not gate.admits():
                 return False
         return True
 
     def commit(self, holds: tuple[Any, ...], now: float) -> bool:
         """The handler starts now; True when a limit has news for a waiting scheduler."""
         news = False
-        limits = self.limits
+        holders = self.holders
         for index in self.committers:
-            if limits[index - 1].commit(holds[index], now):
+            if holders[index - 1].commit(holds[index], now):
                 news = True
         return news
 
-    def admits_now(self, now: float) -> bool:
-        """After an await (or a hand-over) between admission and the handler: still yes?"""
-        for limit in self.rechecked:  # noqa: SIM110 - a loop costs less than all() per start
-            if not limit.admits_now(now):
-                return False
-        return True
-
     def release(self, holds: tuple[Any, ...]) -> None:
         """The work will not start: every hold goes back."""
-        for limit, hold in zip(self.limits, holds[1:]):
-            limit.release(hold)
+        single = self.single
+        if single is not None:
+            single.release(holds[1])
+            return
+        for index, limit in enumerate(self.holders, 1):
+            limit.release(holds[index])
 
     def settle(
         self,
@@ -455,22 +489,24 @@ class Admission:
     ) -> None:
         """The handler ended (``still_running``: its thread runs on, so what it holds while
         running is settled later by :meth:`settle_held`)."""
-        for limit, hold in zip(self.limits, holds[1:]):
+        single = self.single
+        if single is not None:
+            if not (still_running and single.held_while_running):
+                single.settle(holds[1], work, now, error)
+            return
+        for index, limit in enumerate(self.holders, 1):
             if not (still_running and limit.held_while_running):
-                limit.settle(hold, work, now, error)
+                limit.settle(holds[index], work, now, error)
 
     def settle_held(self, holds: tuple[Any, ...], work: WorkUnit, now: float) -> None:
         """A handler's thread that outlived its attempt returned: its slots go back."""
-        for limit, hold in zip(self.limits, holds[1:]):
+        for index, limit in enumerate(self.holders, 1):
             if limit.held_while_running:
-                limit.settle(hold, work, now, None)
+                limit.settle(holds[index], work, now, None)
 
-    async def settle_async(
-        self, holds: tuple[Any, ...], work: WorkUnit, error: BaseException | None
-    ) -> None:
-        limits = self.limits
-        for index in self.awaiting:
-            await limits[index - 1].settle_async(holds[index], work, error)
+    async def settle_async(self, work: WorkUnit, error: BaseException | None) -> None:
+        for limit in self.awaiting:
+            await limit.settle_async(None, work, error)
 
     def ready_at(self, work: WorkUnit | None, now: float) -> float:
         """When time lets one more work start (inf: only an event will)."""
@@ -493,7 +529,7 @@ class Admission:
 
     def unused(self) -> None:
         """A dispatch turn ended: what a limit took in advance and nobody used goes back."""
-        for limit in self.limits:
+        for limit in self.holders:
             if isinstance(limit, ConcurrencyLimit):
                 limit.unused()
 

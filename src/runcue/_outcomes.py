@@ -69,13 +69,13 @@ class Outcomes:
             hook = hooks.on_complete
             if hook is not None:
                 if "on_complete" in reports.async_hooks:
-                    if len(service.queue):
+                    if service.queue.live:
                         engine.wake()  # its slot is free; the callback must not keep it idle
                     await reports.report("on_complete", hook, work, result, duration)
                 else:
                     reports.call("on_complete", hook, work, result, duration)
             return
-        if reports.async_hooks and len(service.queue):
+        if reports.async_hooks and service.queue.live:
             engine.wake()  # its slot is free; an async callback below must not keep it idle
         spec: TaskSpec = work._task
         self.attempt_ended(service)

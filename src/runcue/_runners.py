@@ -190,7 +190,7 @@ class Runners:
         snapshot: Snapshot | None = None
         committed = False
         begun = engine.clock()
-        if engine.closing or not admission.admits_now(begun):
+        if engine.closing or not admission.admits():
             # Handed to this runner, then the cue began stopping or the service was paused
             # (RateLimited) before the runner got to it: no handler call now.
             self.unadmit(work, service)
@@ -203,7 +203,7 @@ class Runners:
                 reports = engine.reports
                 if "on_start" in reports.async_hooks:
                     await reports.report("on_start", on_start, work)
-                    if engine.closing or not admission.admits_now(engine.clock()):
+                    if engine.closing or not admission.admits():
                         self.unadmit(work, service)  # (the world changed while it was awaited)
                         return None
                 else:
@@ -214,7 +214,7 @@ class Runners:
             # The start counts from now, right before the handler is called.
             holds = work._holds
             news = holds[0].committers and holds[0].commit(holds, begun)
-            if news and len(service.queue):
+            if news and service.queue.live:
                 engine.wake()
             committed = True
             if not spec.is_async:
@@ -251,7 +251,7 @@ class Runners:
         if not still_running:
             work._holds = None
         if admitted_by.awaiting:
-            await admitted_by.settle_async(holds, work, error)
+            await admitted_by.settle_async(work, error)
         outcomes = engine.outcomes
         if work._outputs:
             outcomes.check_outputs(work, error, snapshot)

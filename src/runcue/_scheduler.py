@@ -54,7 +54,6 @@ from ._queues import (
     Delayed,
     Parking,
     SweepClock,
-    order_key,
 )
 from ._reports import Reports
 from ._runners import Runners
@@ -258,8 +257,9 @@ class Scheduler:
 
     # ------------------------------------------------------------------ intake
 
-    def submit(self, work: WorkUnit, dedup_key: Any) -> WorkUnit:
-        """Take a new work unit (validated by the Cue); returns the live twin if one exists."""
+    def submit(self, work: WorkUnit, dedup_key: Any, now: float | None = None) -> WorkUnit:
+        """Take a new work unit (validated by the Cue); returns the live twin if one exists.
+        ``now``: the loop's time, when the caller just read it."""
         if dedup_key is not None:
             digest = hash(dedup_key)
             known = self.dedup.get(digest)
@@ -275,7 +275,8 @@ class Scheduler:
             work._dedup_key = digest
         self.seq += 1
         work._seq = self.seq
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         work._submitted = now
         work._where = INTAKE
         self.works[work.id] = work
@@ -356,7 +357,8 @@ class Scheduler:
                     "runcue: the priority callback raised for %s; using %s", work, work.priority
                 )
         work._blocked = None
-        service.queue.push(work, order_key(work._submitted, priority, self.priority_aging))
+        # (order_key, inline: this runs for most works)
+        service.queue.push(work, work._submitted / self.priority_aging - priority)
         self.queued_services[service] = None
 
     def unqueue(self, work: WorkUnit) -> None:

@@ -94,7 +94,7 @@ class Service:
         self.rate: RateLimiter | None = None
         self.limiter: anyio.CapacityLimiter | None = None  # made on first need (see capacity)
         self._limiter_backend: str | None = None
-        self.pause = PauseLimit(self.label)
+        self.pause = PauseLimit(self.label, clock)
         self.concurrency: ConcurrencyLimit | None = None
         self.admission = Admission(())
         self.queue = WorkQueue()
@@ -172,7 +172,7 @@ class Service:
     ) -> None:
         """A run starts: adopt the loop's clock (``shift`` moves times kept from an earlier
         run onto it), make the dispatch stream, and build the admission."""
-        self._clock = clock
+        self._clock = self.pause.clock = clock
         if self.rate is not None:
             self.rate.set_clock(clock)
             if shift:
@@ -206,10 +206,9 @@ class Service:
         free = math.inf if concurrency is None else concurrency.free()
         if free <= 0:
             return 0
-        now = self._clock()
-        if not self.pause.admits_now(now):
+        if not self.pause.admits():
             return 0
-        if self.shared and self.shared_wait_until > now:
+        if self.shared and self.shared_wait_until > self._clock():
             return 0
         rate = self.rate
         if rate is not None and not self.shared:
