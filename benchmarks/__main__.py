@@ -21,6 +21,7 @@ from types import ModuleType
 
 from . import (
     b1_throughput,
+    b1b_callbacks,
     b2_scaling,
     b3_latency,
     b4_rate,
@@ -48,6 +49,7 @@ SCENARIOS: dict[str, ModuleType] = {
     module.ID: module
     for module in (
         b1_throughput,
+        b1b_callbacks,
         b2_scaling,
         b3_latency,
         b4_rate,
@@ -140,7 +142,12 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repeat is not None and args.repeat < 1:
         parser.error(f"--repeat must be >= 1, got {args.repeat}")
-    wanted = [part.strip().upper() for part in args.only.split(",") if part.strip()]
+    by_upper = {name.upper(): name for name in SCENARIOS}
+    wanted = [
+        by_upper.get(part.strip().upper(), part.strip())
+        for part in args.only.split(",")
+        if part.strip()
+    ]
     unknown = [name for name in wanted if name not in SCENARIOS]
     if unknown:
         parser.error(

@@ -190,7 +190,9 @@ async def test_an_attempt_takes_the_lowest_free_slot(make_cue: CueFactory, tmp_p
             for gate in gates.values():
                 gate.set()
     slot = {event["args"]["work"]: event["tid"] for event in of(load(path), "X")}
-    assert [slot[ids[name]] for name in "abcd"] == [1, 2, 3, 2]
+    # (a, b and c start together, in the order their runners run: on trio, any order)
+    assert sorted(slot[ids[name]] for name in "abc") == [1, 2, 3]
+    assert slot[ids["d"]] == slot[ids["b"]]
 
 
 async def test_attempts_on_one_slot_never_overlap(make_cue: CueFactory, tmp_path: Path) -> None:

@@ -827,14 +827,7 @@ class Cue:
         if not callable(listener):
             msg = f"subscribe() needs a callable taking one WorkEvent, got {listener!r}"
             raise TypeError(msg)
-        listeners = self._engine.listeners
-        listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in listeners:
-                listeners.remove(listener)
-
-        return unsubscribe
+        return self._engine.reports.subscribe(listener)
 
     # ------------------------------------------------------------------ diagnosis
 

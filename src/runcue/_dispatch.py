@@ -18,7 +18,7 @@ run every ``BATCH_MAX`` works or ``WALK_SLICE`` seconds, so it never holds the l
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio.lowlevel
 
@@ -28,12 +28,13 @@ from ._work import WorkUnit
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
-    from ._service import Handed, Service
+    from ._service import Service
 
-__all__ = ["BATCH_MAX", "WALK_SLICE", "Dispatcher"]
+__all__ = ["BATCH_MAX", "WALK", "WALK_SLICE", "Dispatcher"]
 
 BATCH_MAX = 256  # most work units checked in one go per service
 WALK_SLICE = 0.002  # longest a walk over not-ready work goes on before others may run (s)
+WALK: Any = object()  # take_now's answer when the next work needs a walk (checks, the store)
 
 
 class Dispatcher:
@@ -63,9 +64,9 @@ class Dispatcher:
         all at once, so work that runs without waiting (the first runner drains the queue)
         wakes one or two, and work that waits (I/O) still spreads over every free slot."""
         if service.queue.live and service.idle_runners and self.hands_on():
-            following = await self.take_next(service)
-            if following is not None:
-                self.engine.runners.launch(following[0], service)
+            following = self.take_now(service)  # (no walk: nothing to ask, no store)
+            if following is not None and following is not WALK:
+                self.engine.runners.launch(following, service)
         elif service.queue.live:
             self.engine.wake()  # no idle runner left to wake: the scheduler starts the rest
 
@@ -101,28 +102,36 @@ class Dispatcher:
                     engine.queued_services.pop(service, None)
                 service.admission.unused()
 
-    async def take_next(self, service: Service) -> Handed | None:
-        """A runner that just finished an attempt takes its service's next work itself."""
+    def take_now(self, service: Service) -> Any:
+        """A runner that just finished an attempt takes its service's next work itself: the
+        admitted work, None, or :data:`WALK` when it needs a walk (checks to ask, the store)
+        -- then ``await walk(service, take=True)``. No coroutine in the common case."""
         queue = service.queue
         engine = self.engine
         if not queue.live or engine.closing:
             return None
-        if not engine.checks.active and engine.fleet is None:
-            # The common case, without a walk: nothing to ask, no store.
-            work = queue.pop()
-            if work is not None:
-                holds = service.admission.admit(work)
-                if holds is not None:
-                    work._holds = holds
-                    engine.mark_running(work, service)
-                    return (work, holds)
-                engine.enqueue(work, engine.clock())
-            engine.wake()  # work is left that the scheduler must time (a rate slot, a pause)
-            return None
-        taken = await self.walk(service, take=True)
-        return taken if isinstance(taken, tuple) else None
+        if engine.checks.active or engine.fleet is not None:
+            return WALK
+        work = queue.pop()
+        if work is not None:
+            holds = service.admission.admit(work)
+            if holds is not None:
+                work._holds = holds
+                engine.mark_running(work, service)
+                return work
+            engine.enqueue(work, engine.clock())
+        engine.wake()  # work is left that the scheduler must time (a rate slot, a pause)
+        return None
 
-    async def walk(self, service: Service, *, take: bool = False) -> Handed | bool | None:
+    async def take_next(self, service: Service) -> WorkUnit | None:
+        """:meth:`take_now`, walking when it must."""
+        taken = self.take_now(service)
+        if taken is WALK:
+            walked = await self.walk(service, take=True)
+            return walked if isinstance(walked, WorkUnit) else None
+        return taken  # type: ignore[no-any-return]
+
+    async def walk(self, service: Service, *, take: bool = False) -> WorkUnit | bool | None:
         """Start what may start of one service. With ``take``, stop at the first admitted
         work and return it (with its holds) instead of handing it to a runner. Otherwise
         True when the walk stopped only to let other tasks run (call again)."""
@@ -218,7 +227,7 @@ class Dispatcher:
             return False
         return True
 
-    async def _admit(self, work: WorkUnit, service: Service) -> Handed | None:
+    async def _admit(self, work: WorkUnit, service: Service) -> WorkUnit | None:
         """Every limit of the service, the awaiting ones after the local ones; the work is
         running when this returns its hand-over, else it is still CHECKING (for the caller
         to queue again) or was cancelled meanwhile."""
@@ -238,7 +247,7 @@ class Dispatcher:
                 return None
         work._holds = holds
         engine.mark_running(work, service)
-        return (work, holds)
+        return work
 
     def settle(
         self, work: WorkUnit, service: Service, verdict: Verdict, *, asked_inline: bool = True

@@ -45,12 +45,19 @@ class Outcomes:
         if engine.running <= 1:
             engine.reports.check_idle()
 
-    def completed(self, work: WorkUnit, service: Service, result: Any, duration: float) -> None:
+    def completed(
+        self,
+        work: WorkUnit,
+        service: Service,
+        result: Any,
+        duration: float,
+        now: float | None = None,
+    ) -> None:
         """Bookkeeping for an attempt that returned (its on_complete is the caller's)."""
         self.attempt_ended(service)
         service.completed += 1
         self.engine.completed += 1
-        self.finish(work, WorkState.COMPLETED, result, None, duration)
+        self.finish(work, WorkState.COMPLETED, result, None, duration, now)
 
     async def conclude(
         self,
@@ -236,8 +243,10 @@ class Outcomes:
         result: Any = None,
         exception: BaseException | None = None,
         duration: float | None = None,
+        now: float | None = None,
     ) -> None:
-        """Move a work unit to its terminal state and tell everyone who waits."""
+        """Move a work unit to its terminal state and tell everyone who waits (``now``: the
+        loop's time, when the caller just read it)."""
         engine = self.engine
         if work._where == QUEUED or work._where == PARKED:
             engine.unqueue(work)
@@ -284,4 +293,4 @@ class Outcomes:
             engine.sweeps.wanted = True
             engine.wake()
         if reports.listeners:
-            reports.emit_end(work, duration)
+            reports.emit_end(work, duration, now)

@@ -22,6 +22,7 @@ import anyio
 from ._events import WorkEvent
 from ._hooks import Hooks, call_hook, logger
 from ._task import is_async_callable
+from ._work import WorkState
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
@@ -31,6 +32,9 @@ __all__ = ["IN_REPORT", "IN_RUNNER", "Reports"]
 
 IN_RUNNER: contextvars.ContextVar[bool] = contextvars.ContextVar("runcue_in_runner", default=False)
 IN_REPORT: contextvars.ContextVar[bool] = contextvars.ContextVar("runcue_in_report", default=False)
+
+_new_event = tuple.__new__
+_END_KINDS = {state: state.value for state in WorkState}
 
 _EVENT_HOOKS = (
     "on_start",
@@ -57,7 +61,8 @@ class Reports:
     def __init__(self, engine: Scheduler, hooks: Hooks) -> None:
         self.engine = engine
         self.hooks = hooks
-        self.listeners: list[Callable[[WorkEvent], object]] = []
+        # A tuple, replaced on (un)subscribe: emitting never copies it.
+        self.listeners: tuple[Callable[[WorkEvent], object], ...] = ()
         self.async_hooks: frozenset[str] = frozenset()  # the names of async event callbacks
         self.reporting = 0  # async callbacks being awaited; join() and stop() wait for them
         self.waiters: dict[str, anyio.Event] = {}
@@ -65,6 +70,18 @@ class Reports:
         self.idle.set()
         self.is_idle = True  # mirrors idle.is_set(), cheaper to read per submit
         self.no_running: anyio.Event | None = None
+
+    def subscribe(self, listener: Callable[[WorkEvent], object]) -> Callable[[], None]:
+        """Add a listener; returns the function that removes it (once)."""
+        self.listeners = (*self.listeners, listener)
+
+        def unsubscribe() -> None:
+            listeners = list(self.listeners)
+            if listener in listeners:
+                listeners.remove(listener)
+                self.listeners = tuple(listeners)
+
+        return unsubscribe
 
     def refresh(self) -> None:
         """A callback was registered: note which are async."""
@@ -83,11 +100,20 @@ class Reports:
     # ------------------------------------------------------------------ events
 
     def emit(
-        self, kind: str, work: WorkUnit, details: str = "", duration: float | None = None
+        self,
+        kind: str,
+        work: WorkUnit,
+        details: str = "",
+        duration: float | None = None,
+        now: float | None = None,
     ) -> None:
-        """Tell every listener (only called when there is one)."""
-        event = WorkEvent(kind, work, self.engine.clock(), work._task.service, details, duration)
-        for listener in tuple(self.listeners):
+        """Tell every listener (only called when there is one); ``now``: the loop's time,
+        when the caller just read it."""
+        if now is None:
+            now = self.engine.clock()
+        # (WorkEvent(...) with its defaults checked, in one C call)
+        event = _new_event(WorkEvent, (kind, work, now, work._task.service, details, duration))
+        for listener in self.listeners:
             try:
                 listener(event)
             except Exception:
@@ -95,11 +121,12 @@ class Reports:
                     "runcue: the event listener %r raised; it stays subscribed", listener
                 )
 
-    def emit_end(self, work: WorkUnit, duration: float | None) -> None:
+    def emit_end(self, work: WorkUnit, duration: float | None, now: float | None) -> None:
         """The terminal event of a work."""
-        kind = "skipped" if work.skipped else work.state.value
+        kind = "skipped" if work.skipped else _END_KINDS[work.state]
         exception = work.exception
-        self.emit(kind, work, "" if exception is None else _safe_repr(exception), duration)
+        details = "" if exception is None else _safe_repr(exception)
+        self.emit(kind, work, details, duration, now)
 
     # ------------------------------------------------------------------ callbacks
 

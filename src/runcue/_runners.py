@@ -31,7 +31,9 @@ import anyio.to_thread
 
 from . import _backend
 from ._artifacts import Snapshot
+from ._dispatch import WALK
 from ._errors import HandlerTimeout, WorkCancelled
+from ._hooks import logger
 from ._queues import RUNNING
 from ._reports import IN_REPORT, IN_RUNNER
 from ._service import MAX_IDLE
@@ -40,12 +42,13 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream
 
     from ._scheduler import Scheduler
-    from ._service import Handed, Service
+    from ._service import Service
     from ._task import TaskSpec
     from ._work import WorkUnit
 
 __all__ = ["MAX_IDLE", "Runners"]
 
+_ATTEMPTS = tuple(f"attempt {n}" for n in range(16))  # the "started" event's details
 RUNNER_NAME = "runcue runner"  # given to start_soon: naming a task from its function costs more
 
 
@@ -107,14 +110,14 @@ class Runners:
         if service.idle_runners > service.handing:
             send = service.send
             assert send is not None
-            send.send_nowait((work, work._holds))
+            send.send_nowait(work)
             service.handing += 1
             return
         tg = self.engine.tg
         assert tg is not None
-        tg.start_soon(self.run, service, (work, work._holds), name=RUNNER_NAME)
+        tg.start_soon(self.run, service, work, name=RUNNER_NAME)
 
-    async def run(self, service: Service, first: Handed) -> None:
+    async def run(self, service: Service, first: WorkUnit) -> None:
         """A runner: attempts of one service, one after another, in this task."""
         IN_RUNNER.set(True)
         IN_REPORT.set(False)  # spawned from a callback's task, it runs handlers, not callbacks
@@ -122,25 +125,30 @@ class Runners:
         assert receive is not None
         dispatch = self.engine.dispatch
         with receive.clone() as own:
-            following: Handed | None = first
+            following: WorkUnit | None = first
+            handed = True  # (the first work was handed over: its admission is asked again)
             while following is not None:
                 scope = self.scope()
                 held: _ThreadCall | None = None
                 with scope:
                     while following is not None:
-                        work = following[0]
+                        work = following
                         following = None
                         work._scope = scope
                         if work._cancel_requested:
                             scope.cancel()  # cancel() came before this runner started
-                        held = await self.attempt(work, service, scope)
+                        held = await self.attempt(work, service, scope, handed)
                         if scope.cancel_called or held is not None:
                             break
-                        following = await dispatch.take_next(service)
+                        following = dispatch.take_now(service)
+                        handed = False  # taken right here: no await since its admission
+                        if following is WALK:
+                            following = await dispatch.take_next(service)
                         if following is None:
                             # Idle in this same scope: nothing can cancel it meanwhile
                             # (cancel() reaches a work's scope once it is handed over).
                             following = await self._idle(service, own)
+                            handed = True
                 if held is not None:
                     try:
                         assert held.done is not None
@@ -154,10 +162,11 @@ class Runners:
                     following = await dispatch.take_next(service)
                 if following is None:
                     following = await self._idle(service, own)
+                handed = True
 
     async def _idle(
-        self, service: Service, receive: MemoryObjectReceiveStream[Handed]
-    ) -> Handed | None:
+        self, service: Service, receive: MemoryObjectReceiveStream[WorkUnit]
+    ) -> WorkUnit | None:
         """Wait as one of the service's idle runners; the work handed over, or None to end."""
         engine = self.engine
         concurrent = service.concurrent
@@ -176,10 +185,12 @@ class Runners:
     # ------------------------------------------------------------------ one attempt
 
     async def attempt(
-        self, work: WorkUnit, service: Service, scope: _backend.RunnerScope
+        self, work: WorkUnit, service: Service, scope: _backend.RunnerScope, handed: bool = True
     ) -> _ThreadCall | None:
         """One attempt, reported. Returns the thread call when its thread still runs (the
-        caller then waits for it before the slots it holds go back)."""
+        caller then waits for it before the slots it holds go back). ``handed``: the work
+        came through a hand-over (the stream, a new runner), so the world may have changed
+        since its admission; a work the runner took itself was admitted a moment ago."""
         engine = self.engine
         spec: TaskSpec = work._task
         hooks = engine.hooks
@@ -190,17 +201,21 @@ class Runners:
         snapshot: Snapshot | None = None
         committed = False
         begun = engine.clock()
-        if engine.closing or not admission.admits():
+        if handed and (engine.closing or not admission.admits()):
             # Handed to this runner, then the cue began stopping or the service was paused
             # (RateLimited) before the runner got to it: no handler call now.
             self.unadmit(work, service)
             return None
+        reports = engine.reports
+        if reports.listeners:
+            attempt = work.attempt
+            details = _ATTEMPTS[attempt] if attempt < len(_ATTEMPTS) else f"attempt {attempt}"
+            reports.emit("started", work, details, now=begun)
         try:
             if work._cancel_requested:
                 await anyio.lowlevel.checkpoint()  # cancelled before it started: no handler call
             on_start = hooks.on_start
             if on_start is not None:
-                reports = engine.reports
                 if "on_start" in reports.async_hooks:
                     await reports.report("on_start", on_start, work)
                     if engine.closing or not admission.admits():
@@ -255,10 +270,21 @@ class Runners:
         outcomes = engine.outcomes
         if work._outputs:
             outcomes.check_outputs(work, error, snapshot)
-        if error is None and hooks.on_complete is None and not work._cancel_requested:
-            outcomes.completed(work, service, result, duration)  # the common case: no await
-        else:
-            await outcomes.conclude(work, service, result, error, duration)
+        if error is None and not work._cancel_requested:
+            on_complete = hooks.on_complete
+            if on_complete is None:
+                outcomes.completed(work, service, result, duration, now)  # no await
+                return call if still_running else None
+            if "on_complete" not in reports.async_hooks:  # a sync callback: no coroutine
+                outcomes.completed(work, service, result, duration, now)
+                try:
+                    on_complete(work, result, duration)
+                except Exception:
+                    logger.exception(
+                        "runcue: the on_complete callback %r raised; the cue goes on", on_complete
+                    )
+                return call if still_running else None
+        await outcomes.conclude(work, service, result, error, duration)
         return call if still_running else None
 
     async def _invoke(self, spec: TaskSpec, work: WorkUnit, call: _ThreadCall | None) -> Any:

@@ -173,7 +173,7 @@ class Scheduler:
         return len(self.works) - self.running
 
     @property
-    def listeners(self) -> list[Callable[[Any], object]]:
+    def listeners(self) -> tuple[Callable[[Any], object], ...]:
         return self.reports.listeners
 
     def describe(self, work: WorkUnit) -> tuple[str, str]:
@@ -291,7 +291,7 @@ class Scheduler:
         else:
             work._enqueued = now
         if reports.listeners:
-            reports.emit("queued", work)
+            reports.emit("queued", work, now=now)
         if self._send is None:
             self._backlog.append(work)  # the cue has not started yet
             return work
@@ -385,6 +385,7 @@ class Scheduler:
         self.delayed.push(work, self.clock() + seconds)
 
     def mark_running(self, work: WorkUnit, service: Service) -> None:
+        """Admitted: the work counts as running from now (its runner emits ``started``)."""
         work._where = RUNNING
         work._scope = None  # set by its runner once it runs
         work.state = WorkState.RUNNING
@@ -398,8 +399,6 @@ class Scheduler:
         if self.watch_stalls:
             self.last_progress = self.clock()
             self.stall_warned = False
-        if self.reports.listeners:
-            self.reports.emit("started", work, f"attempt {work.attempt}")
 
     def give_back_soon(self, work: WorkUnit) -> None:
         """Return what a work holds in the store, in the background."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -29,13 +29,9 @@ if TYPE_CHECKING:
     from ._fleet import Fleet
     from ._work import WorkUnit
 
-__all__ = ["MAX_IDLE", "Handed", "Service", "validate_concurrent"]
+__all__ = ["MAX_IDLE", "Service", "validate_concurrent"]
 
 MAX_IDLE = 128  # most idle runners a service keeps
-
-# What goes through a service's dispatch stream to an idle runner: an admitted work and the
-# holds its admission took.
-Handed = tuple["WorkUnit", tuple[Any, ...]]
 
 
 def validate_concurrent(name: str | None, concurrent: object) -> int | None:
@@ -98,8 +94,9 @@ class Service:
         self.concurrency: ConcurrencyLimit | None = None
         self.admission = Admission(())
         self.queue = WorkQueue()
-        self.send: MemoryObjectSendStream[Handed] | None = None  # to idle runners (bind)
-        self.receive: MemoryObjectReceiveStream[Handed] | None = None
+        # To idle runners: admitted work (its holds on it); made in bind().
+        self.send: MemoryObjectSendStream[WorkUnit] | None = None
+        self.receive: MemoryObjectReceiveStream[WorkUnit] | None = None
         self.idle_runners = 0  # runners waiting on the stream
         self.handing = 0  # works sent to idle runners that have not resumed yet
         self.running = 0
@@ -189,7 +186,7 @@ class Service:
         # before the stream lists it as waiting (its receive() lets others run first), and
         # a work sent in that moment waits in the buffer for it. Nothing else is buffered:
         # a work is sent only to a runner counted idle and not yet given one.
-        self.send, self.receive = anyio.create_memory_object_stream[Handed](MAX_IDLE)
+        self.send, self.receive = anyio.create_memory_object_stream["WorkUnit"](MAX_IDLE)
         self.idle_runners = self.handing = 0
         self.rebuild(threads, fleet)
 
