@@ -53,6 +53,7 @@ STAGES = ("extract", "transform", "load")
 
 
 CALIBRATION_SLEEPS = 200
+TARGET = 0.95  # of the throughput of the hand-written AnyIO pipeline, measured in the same run
 
 
 def theoretical(items: int, handler: float = HANDLER) -> float:
@@ -166,6 +167,7 @@ def run(backend: Backend, settings: Settings) -> list[Row]:
     bounds = [theoretical(items, handler) for handler in sleeps]
     efficiency = median(paired_ratios(bounds, ours))
     floor_efficiency = median(paired_ratios(bounds, floor))
+    to_hand_written = median(paired_ratios(floor, ours))  # throughput: hand-written time / ours
     nominal = theoretical(items)
     return [
         Row(
@@ -178,8 +180,8 @@ def run(backend: Backend, settings: Settings) -> list[Row]:
             f"theoretical {fmt_seconds(median(bounds))} (sleep(1 ms) takes"
             f" {fmt_seconds(median(sleeps))}; nominal {fmt_seconds(nominal)});"
             f" hand-written AnyIO pipeline {fmt_seconds(median(floor))} ({floor_efficiency:.1%})",
-            f"{fmt_ratio(median(paired_ratios(ours, floor)))} hand-written",
-            "≥ 90 % of theoretical throughput",
-            efficiency >= 0.9,
+            f"{fmt_ratio(to_hand_written)} the hand-written throughput",
+            f"≥ {TARGET:g}x the hand-written AnyIO pipeline's throughput",
+            to_hand_written >= TARGET,
         )
     ]

@@ -93,16 +93,17 @@ async def test_a_due_timer_ends_a_burst_slice_early() -> None:
 
 
 async def test_a_burst_without_due_timers_yields_once_per_slice() -> None:
-    """No timer due (or a loop that does not say, asyncio): one checkpoint per 2 ms slice."""
+    """No timer due: one checkpoint per 2 ms slice; a loop that does not say when its next
+    timer is due (asyncio): one per 0.5 ms slice, so a due timer waits at most that."""
     async with runcue.Cue() as cue:
         cue.task("noop")(_noop)
         cue._engine.next_timer_in = lambda: 1_000.0
         ticks_far = await _ticks_during_burst(cue, 100, 0.00001)  # 1 ms: within one slice
         cue._engine.next_timer_in = None
-        ticks_unknown = await _ticks_during_burst(cue, 100, 0.00001)
+        ticks_unknown = await _ticks_during_burst(cue, 100, 0.00001)  # 1 ms: two blind slices
         await cue.stop(timeout=0)
     assert ticks_far <= 1
-    assert ticks_unknown <= 1
+    assert 1 <= ticks_unknown <= 2
 
 
 async def test_a_due_timer_is_not_where_a_cancelled_caller_is_stopped() -> None:
@@ -128,9 +129,12 @@ async def test_a_due_timer_is_not_where_a_cancelled_caller_is_stopped() -> None:
         await cue.stop(timeout=0)
 
 
-async def test_the_loop_tells_when_its_next_timer_is_due() -> None:
-    """trio says it publicly, asyncio's own event loop through its timer heap."""
+async def test_the_loop_tells_when_its_next_timer_is_due(anyio_backend: str) -> None:
+    """trio says it publicly; asyncio keeps its timers private, and runcue does not read them."""
     peek = _backend.next_timer_in()
+    if anyio_backend == "asyncio":
+        assert peek is None
+        return
     assert peek is not None
 
     async def sleeper(*, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -149,7 +153,6 @@ async def test_a_due_timers_task_runs_before_the_yield_returns() -> None:
     caller in the same pass), and it is shielded from cancellation. Twenty rounds, so
     that a pass too few on trio fails (it passes a single round about half the time)."""
     peek = _backend.next_timer_in()
-    assert peek is not None
     woke = False
 
     async def sleeper(*, task_status: anyio.abc.TaskStatus[float]) -> None:
@@ -163,7 +166,9 @@ async def test_a_due_timers_task_runs_before_the_yield_returns() -> None:
         woke = False
         async with anyio.create_task_group() as tg:
             due = await tg.start(sleeper)
-            while peek() > 0:  # hold the loop, as a burst does, until the timer is due
+            # Hold the loop, as a burst does, until the timer is due (by the loop's word, where
+            # it says; by its clock on asyncio).
+            while (peek() if peek is not None else due - anyio.current_time()) > 0:
                 assert anyio.current_time() < due + 5.0, "the sleeper's timer never came due"
             with anyio.CancelScope() as scope:
                 scope.cancel()

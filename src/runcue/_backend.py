@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -79,14 +78,11 @@ def next_timer_in() -> Callable[[], float] | None:
     the loop does not say.
 
     trio says it publicly (``trio.lowlevel.current_statistics()``; that call also counts the
-    tasks waiting on file descriptors, so it costs more with many sockets). asyncio's event
-    loops keep their timers in a heap, ``loop._scheduled``; it is private, so it is read only
-    when it looks as expected (a list of handles with ``when()``), and otherwise (another
-    loop, such as uvloop, or a future Python) the answer is None. A cancelled timer still in
-    the heap may look due: that costs one needless yield.
+    tasks waiting on file descriptors, so it costs more with many sockets). asyncio keeps its
+    timers private (``loop._scheduled``): runcue does not read them, so there the answer is
+    None and a burst of ``submit()`` calls yields only every ``SUBMIT_SLICE``.
     """
-    backend = current_backend()
-    if backend == "trio":
+    if current_backend() == "trio":
         import trio
 
         statistics = trio.lowlevel.current_statistics
@@ -95,22 +91,6 @@ def next_timer_in() -> Callable[[], float] | None:
             return statistics().seconds_to_next_deadline
 
         return trio_seconds
-    if backend == "asyncio":
-        loop = asyncio.get_running_loop()
-        if not isinstance(loop, asyncio.BaseEventLoop) or not isinstance(
-            getattr(loop, "_scheduled", None), list
-        ):
-            return None
-        time = loop.time
-
-        def asyncio_seconds() -> float:
-            scheduled: list[asyncio.TimerHandle] = loop._scheduled  # type: ignore[attr-defined]
-            try:
-                return scheduled[0].when() - time() if scheduled else math.inf
-            except (AttributeError, TypeError):  # not the heap this was written for
-                return math.inf
-
-        return asyncio_seconds
     return None
 
 

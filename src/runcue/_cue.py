@@ -49,6 +49,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _NEW, _RUNNING, _STOPPING, _STOPPED = "new", "running", "stopping", "stopped"
 SUBMIT_SLICE = 0.002  # longest a burst of submit() calls holds the loop, in seconds
+# ... where the loop does not say when its next timer is due (asyncio): a timer's task waits
+# for the slice's end, so the slice is shorter.
+BLIND_SLICE = 0.0005
 DEADLINE_PEEK = 0.0001  # in a burst, how often at most submit() looks for a due timer
 PEEK_SHARE = 20  # ...and at most one look per PEEK_SHARE times what a look costs
 
@@ -617,8 +620,7 @@ class Cue:
         caller gets its cancellation and nothing is submitted), so started work runs while the
         rest is still being submitted. A burst also lets the tasks of the loop's due timers
         run (within ~0.1 ms of the timer; shielded, so cancellation still comes only at a
-        slice's end), where the loop tells when its next timer is due (trio, asyncio's own
-        event loop).
+        slice's end), where the loop tells when its next timer is due publicly (trio).
 
         :raises UnknownTaskError: for a task nobody registered.
         :raises TypeError: when params is not a mapping.
@@ -633,13 +635,14 @@ class Cue:
             # submission after a pause starts a new burst and never waits.
             engine = self._engine
             now = engine.clock()
-            if now - self._last_submit > SUBMIT_SLICE:
+            burst = SUBMIT_SLICE if engine.next_timer_in is not None else BLIND_SLICE
+            if now - self._last_submit > burst:
                 self._burst_from = now
                 self._yield_at = now + self._peek_every
             elif now >= self._yield_at:
                 timer_in = engine.next_timer_in
                 wait = math.inf if timer_in is None else self._peek(timer_in)
-                if now - self._burst_from > SUBMIT_SLICE:
+                if now - self._burst_from > burst:
                     await anyio.lowlevel.checkpoint()  # where a cancelled caller learns it
                     if wait <= 0:
                         await _backend.let_due_timers_run()
@@ -652,7 +655,7 @@ class Cue:
                     now = engine.clock()
                     wait = self._peek(timer_in)
                 self._yield_at = min(
-                    self._burst_from + SUBMIT_SLICE, now + max(wait, self._peek_every)
+                    self._burst_from + burst, now + max(wait, self._peek_every)
                 )
             self._last_submit = now
         if self._state in (_STOPPING, _STOPPED):
