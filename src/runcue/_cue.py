@@ -654,9 +654,7 @@ class Cue:
                     await _backend.let_due_timers_run()
                     now = engine.clock()
                     wait = self._peek(timer_in)
-                self._yield_at = min(
-                    self._burst_from + burst, now + max(wait, self._peek_every)
-                )
+                self._yield_at = min(self._burst_from + burst, now + max(wait, self._peek_every))
             self._last_submit = now
         if self._state in (_STOPPING, _STOPPED):
             msg = (

@@ -149,10 +149,12 @@ class ConcurrencyLimit(Limit):
     behalf of each work from its admission until its handler ended (its thread returned).
 
     App code may borrow from the same limiter (``cue.limiter(name)``): those tokens count
-    against the service like its own handlers. runcue never waits on the limiter while its
-    own handlers hold tokens (they wake the scheduler when they end); when tokens are held
-    by others and none is free, one *gate* task waits in the limiter's queue, FIFO among
-    the app's waiters, and hands the token it gets to the next work.
+    against the service like its own handlers. runcue never waits on the limiter while only
+    its own handlers hold tokens (they wake the scheduler when they end). Once other code is
+    seen holding tokens while work of the service waits, one *gate* task waits in the
+    limiter's queue, FIFO among the app's waiters, for as long as that lasts: the token it
+    gets (an app's release, or a handler's) goes to the next work, so a release by app code
+    wakes the service like a finishing handler would.
     """
 
     kind = "concurrency"
@@ -163,11 +165,13 @@ class ConcurrencyLimit(Limit):
         "_adopted",
         "_gate_waiting",
         "_release",
+        "_shared",
         "label",
         "limiter",
         "ours",
         "spawn",
         "wake",
+        "wanted",
     )
 
     def __init__(self, limiter: anyio.CapacityLimiter, label: str) -> None:
@@ -179,8 +183,10 @@ class ConcurrencyLimit(Limit):
         self.ours = 0  # tokens borrowed for this cue's work
         self._adopted: list[object] = []  # tokens a gate waited for, not handed on yet
         self._gate_waiting = False
+        self._shared = False  # other code was seen holding tokens: watch for its releases
         self.spawn: Callable[..., Any] | None = None  # the cue's task group's start_soon
         self.wake: Callable[[], None] | None = None
+        self.wanted: Callable[[], bool] | None = None  # does work of the service wait?
 
     def free(self) -> float:
         """Tokens this service could take right now."""
@@ -194,6 +200,7 @@ class ConcurrencyLimit(Limit):
             self._acquire(work)
         except anyio.WouldBlock:
             if self.ours < self.limiter.borrowed_tokens:
+                self._shared = True
                 self._wait_at_gate()  # tokens held by app code: their release wakes nobody
             return None
         self.ours += 1
@@ -201,11 +208,23 @@ class ConcurrencyLimit(Limit):
 
     def release(self, hold: Any) -> None:
         self.ours -= 1
-        self._release(hold)
+        self._release(hold)  # (no gate for this: another limit refused, not this one)
 
     def settle(self, hold: Any, work: WorkUnit, now: float, error: BaseException | None) -> None:
         self.ours -= 1
         self._release(hold)
+        if self._shared:
+            self._watch_others()
+
+    def _watch_others(self) -> None:
+        """A handler ended: while others hold tokens and work waits, keep a gate in the
+        limiter's queue (not after a refusal by another limit: the gate would take a token
+        that limit still refuses, again and again)."""
+        if self.ours + len(self._adopted) < self.limiter.borrowed_tokens:
+            if self.wanted is None or self.wanted():
+                self._wait_at_gate()
+        elif not self._gate_waiting:
+            self._shared = False  # nobody else holds a token now
 
     def _wait_at_gate(self) -> None:
         if self._gate_waiting or self.spawn is None:
@@ -219,6 +238,10 @@ class ConcurrencyLimit(Limit):
             await self.limiter.acquire_on_behalf_of(token)
         finally:
             self._gate_waiting = False
+        if self.wanted is not None and not self.wanted():
+            self._release(token)  # nothing waits any more: the token goes back at once
+            self._watch_others()
+            return
         self._adopted.append(token)
         if self.wake is not None:
             self.wake()
@@ -226,7 +249,7 @@ class ConcurrencyLimit(Limit):
     def unused(self) -> None:
         """A dispatch turn ended: tokens a gate waited for and nobody took go back."""
         while self._adopted:
-            self.limiter.release_on_behalf_of(self._adopted.pop())
+            self._release(self._adopted.pop())
 
     def ready_at(self, work: WorkUnit | None, now: float) -> float:
         if self._adopted or self.limiter.available_tokens > 0:

@@ -150,6 +150,7 @@ class Service:
         limits: list[Limit] = [self.pause]
         if self.concurrency is None or self.concurrency.limiter is not self.capacity():
             self.concurrency = ConcurrencyLimit(self.capacity(), self.label)
+            self.concurrency.wanted = self._wanted
         limits.append(self.concurrency)
         if self.concurrent is None and threads is not None:
             limits.append(threads)
@@ -196,6 +197,9 @@ class Service:
         if self.receive is not None:
             self.receive.close()
         self.send = self.receive = None
+
+    def _wanted(self) -> bool:
+        return self.queue.live > 0
 
     def free_slots(self) -> float:
         """A quick upper bound of how many more starts the limits may allow right now."""
