@@ -100,10 +100,10 @@ async def test_a_burst_without_due_timers_yields_once_per_slice() -> None:
         cue._engine.next_timer_in = lambda: 1_000.0
         ticks_far = await _ticks_during_burst(cue, 100, 0.00001)  # 1 ms: within one slice
         cue._engine.next_timer_in = None
-        ticks_unknown = await _ticks_during_burst(cue, 100, 0.00001)  # 1 ms: two blind slices
+        ticks_unknown = await _ticks_during_burst(cue, 300, 0.00001)  # 3 ms: six blind slices
         await cue.stop(timeout=0)
     assert ticks_far <= 1
-    assert 1 <= ticks_unknown <= 2
+    assert 3 <= ticks_unknown <= 6  # (the last yield's tick may come after the burst)
 
 
 async def test_a_due_timer_is_not_where_a_cancelled_caller_is_stopped() -> None:

@@ -59,8 +59,8 @@ def test_a_queue_serves_priority_first_then_submission_order() -> None:
     for work, priority in zip(works, priorities):
         queue.push(work, order_key(0.0, priority, 300.0))
     order = []
-    while (work := queue.pop()) is not None:
-        order.append(work.id)
+    while (popped := queue.pop()) is not None:
+        order.append(popped.id)
     assert order == ["w1", "w4", "w0", "w2", "w3"]
     assert len(queue) == 0
 
