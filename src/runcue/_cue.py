@@ -1,4 +1,5 @@
-"""The Cue: registration, lifecycle, submission and queries, over the scheduler core."""
+"""The Cue: the public face over the scheduler -- submission and queries here, declarations in
+``_registry.py``, running, stopping and starting again in ``_lifecycle.py``."""
 
 from __future__ import annotations
 
@@ -6,20 +7,16 @@ import builtins
 import functools
 import math
 import os
-import socket
-import sys
 import time
 from collections.abc import Callable, Mapping
-from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
-from anyio.abc import TaskGroup
 
 from . import _backend, _diagnosis
-from ._artifacts import ArtifactSpec, artifact_key, resolve
+from ._artifacts import artifact_key, resolve
 from ._checks import CheckMode, CheckRunner
 from ._errors import (
     CueStateError,
@@ -32,22 +29,17 @@ from ._events import WorkEvent
 from ._fleet import Fleet
 from ._graph import GraphReport, check_graph
 from ._hooks import Hooks
-from ._reports import IN_RUNNER
+from ._lifecycle import RUNNING, STOPPED, STOPPING, Lifecycle
+from ._registry import Registry, check_seconds
 from ._scheduler import Scheduler
 from ._service import Service
 from ._stats import CueStats
 from ._store import Store
-from ._task import Backoff, RetryOn, TaskSpec, is_async_callable
+from ._task import TaskSpec
 from ._work import WorkState, WorkUnit
-
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["Cue"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-_NEW, _RUNNING, _STOPPING, _STOPPED = "new", "running", "stopping", "stopped"
 SUBMIT_SLICE = 0.002  # longest a burst of submit() calls holds the loop, in seconds
 # ... where the loop does not say when its next timer is due (asyncio): a timer's task waits
 # for the slice's end, so the slice is shorter.
@@ -79,16 +71,7 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def _check_seconds(name: str, value: float | None, *, allow_none: bool = True) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        msg = f"{name} must be a number of seconds > 0 (or None to turn it off), got {value!r}"
-        raise ValueError(msg)
-    return float(value)
-
-
-class Cue:
+class Cue(Registry, Lifecycle):
     """Runs interdependent, rate-limited work inside your program.
 
     Declare services and tasks, register the checks, then run the cue one of three ways:
@@ -158,16 +141,16 @@ class Cue:
             services=self._services,
             hooks=self._hooks,
             checks=CheckRunner(
-                self._hooks, mode=checks, timeout=_check_seconds("check_timeout", check_timeout)
+                self._hooks, mode=checks, timeout=check_seconds("check_timeout", check_timeout)
             ),
-            pending_warn_after=_check_seconds("pending_warn_after", pending_warn_after),
-            pending_timeout=_check_seconds("pending_timeout", pending_timeout),
-            stall_warn_after=_check_seconds("stall_warn_after", stall_warn_after),
-            stall_timeout=_check_seconds("stall_timeout", stall_timeout),
-            recheck_interval=_check_seconds(  # type: ignore[arg-type]
+            pending_warn_after=check_seconds("pending_warn_after", pending_warn_after),
+            pending_timeout=check_seconds("pending_timeout", pending_timeout),
+            stall_warn_after=check_seconds("stall_warn_after", stall_warn_after),
+            stall_timeout=check_seconds("stall_timeout", stall_timeout),
+            recheck_interval=check_seconds(  # type: ignore[arg-type]
                 "recheck_interval", recheck_interval, allow_none=False
             ),
-            priority_aging=_check_seconds(  # type: ignore[arg-type]
+            priority_aging=check_seconds(  # type: ignore[arg-type]
                 "priority_aging", priority_aging, allow_none=False
             ),
             keep_finished=keep_finished,
@@ -177,426 +160,21 @@ class Cue:
         if store is not None and not isinstance(store, Store):
             msg = f"store must implement the runcue Store protocol (e.g. RedisStore), got {store!r}"
             raise TypeError(msg)
-        ttl = _check_seconds("lease_ttl", lease_ttl, allow_none=False)
+        ttl = check_seconds("lease_ttl", lease_ttl, allow_none=False)
         self._engine.store = store
         if store is not None:
             self._engine.fleet = Fleet(store, clock=anyio.current_time)
             self._engine.fleet.ttl = ttl  # type: ignore[assignment]
-        self._state = _NEW
-        self._mode: Literal["context", "run", "background"] | None = None
-        self._own_entry = False  # run()/start() enter the cue themselves, their run prepared
-        self._launching = False  # start() spawned the background run; it has not entered yet
-        self._tg: TaskGroup | None = None
-        self._loop_scope: anyio.CancelScope | None = None
-        self._stop_requested = anyio.Event()
-        self._closed = anyio.Event()
-        self._entered = anyio.Event()
-        self._background_error: BaseException | None = None
-        self._token: anyio.lowlevel.EventLoopToken | None = None
         self._id_prefix = os.urandom(3).hex()
         self._ids = 0
-        self._last_submit = -math.inf  # loop time of the last submit() (bursts, see submit)
-        self._burst_from = -math.inf
-        self._yield_at = -math.inf  # loop time of the burst's next look at the loop (submit)
         self._peek_every = DEADLINE_PEEK
+        self._init_lifecycle()
 
-    # ------------------------------------------------------------------ registration
-
-    def service(
-        self,
-        name: str,
-        *,
-        rate: str | None = None,
-        concurrent: int | None = None,
-        shared: bool = False,
-    ) -> None:
-        """Declare a service, or change its limits (also while running).
-
-        :param rate: ``"N/period"``, e.g. ``"60/min"``, ``"100/15min"``, or several windows
-            joined by ``;`` (``"60/min;10/10s"``): at most N handler starts in any window.
-        :param concurrent: at most this many handlers of the service run at once.
-        :param shared: keep these limits in the cue's ``store``, shared by every process
-            that uses the same store and namespace.
-        :raises ValueError: (``InvalidRateError``) for a rate that does not parse, or a bad
-            ``concurrent``.
-        """
-        if not isinstance(name, str) or not name:
-            msg = f"a service name must be a non-empty string, got {name!r}"
-            raise ValueError(msg)
-        if shared and self._engine.store is None:
-            msg = (
-                f"service {name!r}: shared=True keeps the limits in a store; create the cue"
-                " with runcue.Cue(store=runcue.RedisStore(...))"
-            )
-            raise ValueError(msg)
-        existing = self._services.get(name)
-        service = existing or Service(name, clock=anyio.current_time)
-        service.configure(rate=rate, concurrent=concurrent)  # validates before anything changes
-        service.shared = shared
-        if existing is None:
-            self._services[name] = service
-        if self._state in (_RUNNING, _STOPPING):
-            self._engine.add_service(service)  # its admission is rebuilt, live
-
-    def task(
-        self,
-        name: str,
-        *,
-        uses: str | None = None,
-        retry: int = 1,
-        backoff: Backoff | float | None = None,
-        retry_on: RetryOn = Exception,
-        timeout: float | None = None,
-        inputs: ArtifactSpec | None = None,
-        outputs: ArtifactSpec | None = None,
-        max_age: float | None = None,
-        delete_on_error: bool = True,
-        dedup: bool = False,
-    ) -> Callable[[F], F]:
-        """Register the decorated function (sync or async) as the handler of task ``name``.
-
-        :param uses: the service whose limits the handler runs under.
-        :param retry: attempts in all, the first included (1 = no retry).
-        :param backoff: a :class:`Backoff`, or a number used as its ``base``.
-        :param retry_on: exception types, or a predicate on the exception, that deserve a retry.
-        :param timeout: seconds before an attempt fails with ``HandlerTimeout``.
-        :param inputs: declared input artifacts: a params key, or ``work -> iterable`` of paths
-            or artifacts. The work is ready when all exist.
-        :param outputs: declared outputs, likewise. The work is stale when one is missing or
-            older than an input (or than ``max_age`` seconds).
-        :param delete_on_error: remove declared outputs a failed attempt created or changed.
-        :param dedup: treat a submit whose params equal those of pending or running work of
-            this task as that same work (its id is returned, nothing new is queued). Off by
-            default: every ``submit()`` is a new work unit. ``key=`` on ``submit()`` always
-            de-duplicates, with or without this.
-        """
-        if not isinstance(name, str) or not name:
-            msg = f"a task name must be a non-empty string, got {name!r}"
-            raise ValueError(msg)
-        if name in self._tasks:
-            msg = f"task {name!r} is already registered; give the new handler another name"
-            raise ValueError(msg)
-        if uses is not None and uses not in self._services:
-            known = ", ".join(repr(s) for s in self._services if s is not None) or "none yet"
-            msg = (
-                f"Unknown service {uses!r}: task {name!r} uses it, but it is not declared"
-                f" (declared: {known}); call cue.service({uses!r}, ...) before registering the task"
-            )
-            raise UnknownServiceError(msg)
-        if isinstance(retry, bool) or not isinstance(retry, int) or retry < 1:
-            msg = (
-                f"task {name!r}: retry counts attempts (the first included) and must be a whole"
-                f" number >= 1, got {retry!r}"
-            )
-            raise ValueError(msg)
-        if backoff is None:
-            policy = Backoff()
-        elif isinstance(backoff, Backoff):
-            policy = backoff
-        elif isinstance(backoff, (int, float)) and not isinstance(backoff, bool):
-            policy = Backoff(base=float(backoff))
-        else:
-            msg = f"task {name!r}: backoff must be a runcue.Backoff or a number, got {backoff!r}"
-            raise TypeError(msg)
-        if not isinstance(dedup, bool):
-            msg = f"task {name!r}: dedup must be True or False, got {dedup!r}"
-            raise TypeError(msg)
-        if not (callable(retry_on) or isinstance(retry_on, tuple)):
-            msg = (
-                f"task {name!r}: retry_on must be exception types or a predicate, got {retry_on!r}"
-            )
-            raise TypeError(msg)
-        limit = _check_seconds(f"task {name!r}: timeout", timeout)
-        age = _check_seconds(f"task {name!r}: max_age", max_age)
-        for label, spec in (("inputs", inputs), ("outputs", outputs)):
-            if spec is not None and not (isinstance(spec, str) or callable(spec)):
-                msg = (
-                    f"task {name!r}: {label} must be a params key (str) or a function of the"
-                    f" work returning paths or artifacts, got {spec!r}"
-                )
-                raise TypeError(msg)
-
-        def register(handler: F) -> F:
-            if not callable(handler):
-                msg = f"task {name!r}: the handler must be callable, got {handler!r}"
-                raise TypeError(msg)
-            self._tasks[name] = TaskSpec(
-                name=name,
-                handler=handler,
-                is_async=is_async_callable(handler),
-                service=uses,
-                retry=retry,
-                backoff=policy,
-                retry_on=retry_on,
-                timeout=limit,
-                inputs=inputs,
-                outputs=outputs,
-                max_age=age,
-                delete_on_error=delete_on_error,
-                dedup=dedup,
-            )
-            if inputs is not None or outputs is not None:
-                self._engine.checks.declarations = True
-                self._engine.checks.refresh()
-            return handler
-
-        return register
-
-    def get_task(self, name: str) -> TaskSpec | None:
-        """The registration of task ``name``, or None."""
-        return self._tasks.get(name)
-
-    def _hook(self, slot: str, func: F) -> F:
-        if not callable(func):
-            msg = f"@cue.{slot} must decorate a function, got {func!r}"
-            raise TypeError(msg)
-        setattr(self._hooks, slot, func)
-        self._engine.checks.refresh()
-        self._engine.reports.refresh()
-        return func
-
-    def is_ready(self, func: F) -> F:
-        """Register ``is_ready(work) -> bool``: are the inputs there? False keeps it pending."""
-        return self._hook("is_ready", func)
-
-    def is_stale(self, func: F) -> F:
-        """Register ``is_stale(work) -> bool``: does it need to run? False skips it."""
-        return self._hook("is_stale", func)
-
-    def priority(self, func: F) -> F:
-        """Register ``priority(ctx) -> float`` in 0.0..1.0, higher first (see PriorityContext).
-
-        It must be a plain (sync) function: it is asked while the scheduler orders its queue.
-        """
-        if is_async_callable(func):
-            msg = "@cue.priority must be a plain function (not async): it orders the queue inline"
-            raise TypeError(msg)
-        return self._hook("priority", func)
-
-    def on_start(self, func: F) -> F:
-        """Register ``on_start(work)``, called as each attempt starts."""
-        return self._hook("on_start", func)
-
-    def on_complete(self, func: F) -> F:
-        """Register ``on_complete(work, result, duration)``."""
-        return self._hook("on_complete", func)
-
-    def on_failure(self, func: F) -> F:
-        """Register ``on_failure(work, error)``, called once, after the last attempt."""
-        return self._hook("on_failure", func)
-
-    def on_skip(self, func: F) -> F:
-        """Register ``on_skip(work)``, called when ``is_stale`` said the output is valid."""
-        return self._hook("on_skip", func)
-
-    def on_retry(self, func: F) -> F:
-        """Register ``on_retry(work, error, delay)``, called before each retry."""
-        return self._hook("on_retry", func)
-
-    def on_cancel(self, func: F) -> F:
-        """Register ``on_cancel(work)``, called when work ends cancelled."""
-        return self._hook("on_cancel", func)
-
-    def on_pending_warning(self, func: F) -> F:
-        """Register ``on_pending_warning(work, seconds)`` (see ``pending_warn_after``)."""
-        return self._hook("on_pending_warning", func)
-
-    def on_stall_warning(self, func: F) -> F:
-        """Register ``on_stall_warning(seconds_since_progress, pending_count)``."""
-        return self._hook("on_stall_warning", func)
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def _refuse_if_running(self, how: str) -> None:
-        if self._state in (_RUNNING, _STOPPING) or self._launching:
-            state = "starting" if self._launching else self._state
-            msg = (
-                f"cannot {how}: this Cue is {state}; a Cue runs one run at a time -- stop it"
-                " first (leave 'async with', or 'await cue.stop()'), or create another"
-                " runcue.Cue() to run beside it"
-            )
-            raise CueStateError(msg)
-
-    def _prepare_run(self, mode: Literal["context", "run", "background"]) -> None:
-        """Fresh per-run state: a stopped cue starts again with the same registrations."""
-        self._mode = mode
-        self._state = _NEW  # submissions wait for the run, as before a first start
-        self._stop_requested = anyio.Event()
-        self._closed = anyio.Event()
-        self._entered = anyio.Event()
-        self._background_error = None
-        self._last_submit = self._burst_from = self._yield_at = -math.inf
-
-    async def __aenter__(self) -> Cue:
-        own, self._own_entry = self._own_entry, False
-        if not own:
-            self._refuse_if_running("enter it with 'async with'")
-            self._prepare_run("context")
-        self._launching = False
-        self._state = _RUNNING
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
-        self._token = anyio.lowlevel.current_token()
-        try:
-            self._engine.bind(tg)
-            fleet = self._engine.fleet
-            if fleet is not None:
-                owner = f"{socket.gethostname()}:{os.getpid()}:{self._id_prefix}"
-                fleet.bind(self._engine.clock, owner)
-                tg.start_soon(fleet.keep)
-            await tg.start(self._run_loop)
-        except BaseException:
-            tg.cancel_scope.cancel()
-            try:
-                await tg.__aexit__(None, None, None)
-            finally:
-                self._engine.close()
-                self._state = _STOPPED
-                self._closed.set()
-            raise
-        self._entered.set()
-        return self
-
-    async def _run_loop(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        with anyio.CancelScope() as scope:
-            self._loop_scope = scope
-            await self._engine.loop(task_status=task_status)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        assert self._tg is not None
-        try:
-            if exc_type is None and self._state == _RUNNING:
-                await self._engine.join()
-                await self._shutdown(None)
-        finally:
-            if self._state == _RUNNING:
-                # Leaving by an exception (or cancelled while joining): cancel everything.
-                self._state = _STOPPING
-                self._engine.closing = True
-                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                    await self._engine.cancel_all_pending(
-                        "the cue was left by an exception before this work ran"
-                    )
-            self._tg.cancel_scope.cancel()
-            try:
-                await self._tg.__aexit__(None, None, None)
-            except BaseExceptionGroup as group:
-                if len(group.exceptions) == 1:
-                    raise group.exceptions[0] from None
-                raise
-            finally:
-                self._engine.stopped_at = self._engine.clock()
-                self._engine.close()
-                self._state = _STOPPED
-                self._closed.set()
-        return False
-
-    def __enter__(self) -> None:
-        msg = "a Cue is an async context manager: use 'async with runcue.Cue() as cue:'"
-        raise CueStateError(msg)
-
-    def __exit__(self, *args: object) -> None:  # pragma: no cover - __enter__ always raises
-        return None
-
-    async def run(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Run under the caller's task group (``await tg.start(cue.run)``) until ``stop()``."""
-        self._refuse_if_running("run it")
-        self._prepare_run("run")
-        await self._serve(task_status)
-
-    async def _serve(self, task_status: anyio.abc.TaskStatus[None]) -> None:
-        self._own_entry = True
-        async with self:
-            task_status.started()
-            await self._stop_requested.wait()
-
-    def start(self) -> None:
-        """Start the cue in the background from async code (asyncio or trio); see ``stop()``.
-
-        Calling it again while that background run goes on does nothing; a stopped cue
-        starts again (its registrations, limits' history and finished work carry over).
-        """
-        if self._mode == "background" and (self._launching or self._state == _RUNNING):
-            return
-        self._refuse_if_running("start it")
-        if _backend.current_backend() is None:
-            msg = (
-                "cue.start() needs a running event loop: call it from async code (asyncio or"
-                " trio), or use 'async with runcue.Cue() as cue:'"
-            )
-            raise CueStateError(msg)
-        self._prepare_run("background")
-        self._launching = True
-        _backend.spawn_background(self._background)
-
-    async def _background(self) -> None:
-        try:
-            await self._serve(anyio.TASK_STATUS_IGNORED)
-        except BaseException as exc:
-            self._launching = self._own_entry = False
-            self._background_error = exc
-            self._entered.set()
-            self._closed.set()
-
-    async def stop(self, timeout: float | None = None) -> None:
-        """Stop: start nothing new, wait for running work, then close.
-
-        Work still pending ends ``cancelled`` (``on_cancel`` fires, ``wait()`` raises
-        ``WorkCancelled``, and the ``runcue`` logger warns with the count). Running work gets
-        ``timeout`` seconds (None: as long as it takes), then is cancelled.
-        """
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
-        ):
-            msg = f"timeout must be a number of seconds >= 0 (or None: no limit), got {timeout!r}"
-            raise ValueError(msg)
-        limit = None if timeout is None else float(timeout)
-        if self._state in (_NEW, _STOPPED) and not self._launching:
-            self._state = _STOPPED
-            self._engine.closing = True
-            await self._engine.cancel_all_pending("the cue was stopped before it started")
-            self._closed.set()
-            return
-        mode = self._mode
-        if self._launching:
-            await self._entered.wait()
-        if self._state == _RUNNING:
-            await self._shutdown(limit)
-        self._stop_requested.set()
-        if mode in ("background", "run") and not IN_RUNNER.get():
-            await self._closed.wait()  # (a handler calling stop() must not wait for itself)
-        error, self._background_error = self._background_error, None
-        if error is not None and not isinstance(error, anyio.get_cancelled_exc_class()):
-            raise error
-
-    async def _shutdown(self, timeout: float | None) -> None:
-        self._state = _STOPPING
-        engine = self._engine
-        engine.closing = True
-        engine.wake()
-        if timeout == 0:
-            engine.cancel_running()  # told first: on_cancel callbacks of pending work wait
-        await engine.cancel_all_pending("the cue stopped before this work ran")
-        if timeout is None:
-            await engine.wait_no_running()
-        else:
-            with anyio.move_on_after(timeout) as patience:
-                await engine.wait_no_running()
-            if patience.cancelled_caught:
-                engine.cancel_running()
-                # Cancelled handlers end at once; callbacks still awaited end with the task
-                # group, which the caller closes next.
-                await engine.wait_no_running(reports=False)
-        if self._loop_scope is not None:
-            self._loop_scope.cancel()
+    def _new_run(self) -> None:
+        # Submission bursts (see submit) start afresh with every run.
+        self._last_submit = -math.inf  # loop time of the last submit()
+        self._burst_from = -math.inf
+        self._yield_at = -math.inf  # loop time of the burst's next look at the loop
 
     # ------------------------------------------------------------------ work
 
@@ -627,7 +205,7 @@ class Cue:
         :raises CueStateError: after ``stop()``.
         """
         now: float | None = None
-        if self._state == _RUNNING:
+        if self._state == RUNNING:
             # A long burst of submissions lets started work (and every other task) run every
             # SUBMIT_SLICE seconds, so the first works begin while the rest are still being
             # submitted; where the loop tells when its next timer is due (_backend.next_timer_in),
@@ -656,7 +234,7 @@ class Cue:
                     wait = self._peek(timer_in)
                 self._yield_at = min(self._burst_from + burst, now + max(wait, self._peek_every))
             self._last_submit = now
-        if self._state in (_STOPPING, _STOPPED):
+        if self._state in (STOPPING, STOPPED):
             msg = (
                 f"cannot submit to a {self._state} Cue; submit inside 'async with Cue() as cue:'"
                 " or between cue.start() and cue.stop() (a stopped cue starts again)"
@@ -736,7 +314,7 @@ class Cue:
         call it from the event loop's own thread: use ``await cue.submit()`` there.
         """
         token = self._token
-        if token is None or self._state != _RUNNING:
+        if token is None or self._state != RUNNING:
             msg = (
                 f"submit_threadsafe() needs a running cue, and this one is {self._state}; start"
                 " it first ('async with', start() or tg.start(cue.run))"
@@ -855,7 +433,7 @@ class Cue:
 
     def stats(self) -> CueStats:
         """A frozen snapshot of every counter (see :class:`CueStats`)."""
-        return _diagnosis.stats(self._engine, running=self._state in (_RUNNING, _STOPPING))
+        return _diagnosis.stats(self._engine, running=self._state in (RUNNING, STOPPING))
 
     def limiter(self, service: str) -> anyio.CapacityLimiter:
         """The :class:`anyio.CapacityLimiter` that holds service ``service``'s concurrency.

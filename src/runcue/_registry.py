@@ -1,0 +1,249 @@
+"""Registration: services, tasks and the user's callbacks, validated where they are declared.
+
+Every declaration is checked before anything changes, and a bad value is refused with a
+message that names it and the fix. A service declared again replaces its limits live (the
+scheduler rebuilds its admission); a task name is registered once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+
+from ._artifacts import ArtifactSpec
+from ._errors import UnknownServiceError
+from ._hooks import Hooks
+from ._lifecycle import RUNNING, STOPPING
+from ._service import Service
+from ._task import Backoff, RetryOn, TaskSpec, is_async_callable
+
+if TYPE_CHECKING:
+    from ._scheduler import Scheduler
+
+__all__ = ["Registry", "check_seconds"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def check_seconds(name: str, value: float | None, *, allow_none: bool = True) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        msg = f"{name} must be a number of seconds > 0 (or None to turn it off), got {value!r}"
+        raise ValueError(msg)
+    return float(value)
+
+
+class Registry:
+    """Declaring services, tasks and callbacks; a base of :class:`runcue.Cue`."""
+
+    _engine: Scheduler
+    _state: str
+    _tasks: dict[str, TaskSpec]
+    _services: dict[str | None, Service]
+    _hooks: Hooks
+
+    def service(
+        self,
+        name: str,
+        *,
+        rate: str | None = None,
+        concurrent: int | None = None,
+        shared: bool = False,
+    ) -> None:
+        """Declare a service, or change its limits (also while running).
+
+        :param rate: ``"N/period"``, e.g. ``"60/min"``, ``"100/15min"``, or several windows
+            joined by ``;`` (``"60/min;10/10s"``): at most N handler starts in any window.
+        :param concurrent: at most this many handlers of the service run at once.
+        :param shared: keep these limits in the cue's ``store``, shared by every process
+            that uses the same store and namespace.
+        :raises ValueError: (``InvalidRateError``) for a rate that does not parse, or a bad
+            ``concurrent``.
+        """
+        if not isinstance(name, str) or not name:
+            msg = f"a service name must be a non-empty string, got {name!r}"
+            raise ValueError(msg)
+        if shared and self._engine.store is None:
+            msg = (
+                f"service {name!r}: shared=True keeps the limits in a store; create the cue"
+                " with runcue.Cue(store=runcue.RedisStore(...))"
+            )
+            raise ValueError(msg)
+        existing = self._services.get(name)
+        service = existing or Service(name, clock=anyio.current_time)
+        service.configure(rate=rate, concurrent=concurrent)  # validates before anything changes
+        service.shared = shared
+        if existing is None:
+            self._services[name] = service
+        if self._state in (RUNNING, STOPPING):
+            self._engine.add_service(service)  # its admission is rebuilt, live
+
+    def task(
+        self,
+        name: str,
+        *,
+        uses: str | None = None,
+        retry: int = 1,
+        backoff: Backoff | float | None = None,
+        retry_on: RetryOn = Exception,
+        timeout: float | None = None,
+        inputs: ArtifactSpec | None = None,
+        outputs: ArtifactSpec | None = None,
+        max_age: float | None = None,
+        delete_on_error: bool = True,
+        dedup: bool = False,
+    ) -> Callable[[F], F]:
+        """Register the decorated function (sync or async) as the handler of task ``name``.
+
+        :param uses: the service whose limits the handler runs under.
+        :param retry: attempts in all, the first included (1 = no retry).
+        :param backoff: a :class:`Backoff`, or a number used as its ``base``.
+        :param retry_on: exception types, or a predicate on the exception, that deserve a retry.
+        :param timeout: seconds before an attempt fails with ``HandlerTimeout``.
+        :param inputs: declared input artifacts: a params key, or ``work -> iterable`` of paths
+            or artifacts. The work is ready when all exist.
+        :param outputs: declared outputs, likewise. The work is stale when one is missing or
+            older than an input (or than ``max_age`` seconds).
+        :param delete_on_error: remove declared outputs a failed attempt created or changed.
+        :param dedup: treat a submit whose params equal those of pending or running work of
+            this task as that same work (its id is returned, nothing new is queued). Off by
+            default: every ``submit()`` is a new work unit. ``key=`` on ``submit()`` always
+            de-duplicates, with or without this.
+        """
+        if not isinstance(name, str) or not name:
+            msg = f"a task name must be a non-empty string, got {name!r}"
+            raise ValueError(msg)
+        if name in self._tasks:
+            msg = f"task {name!r} is already registered; give the new handler another name"
+            raise ValueError(msg)
+        if uses is not None and uses not in self._services:
+            known = ", ".join(repr(s) for s in self._services if s is not None) or "none yet"
+            msg = (
+                f"Unknown service {uses!r}: task {name!r} uses it, but it is not declared"
+                f" (declared: {known}); call cue.service({uses!r}, ...) before registering the task"
+            )
+            raise UnknownServiceError(msg)
+        if isinstance(retry, bool) or not isinstance(retry, int) or retry < 1:
+            msg = (
+                f"task {name!r}: retry counts attempts (the first included) and must be a whole"
+                f" number >= 1, got {retry!r}"
+            )
+            raise ValueError(msg)
+        if backoff is None:
+            policy = Backoff()
+        elif isinstance(backoff, Backoff):
+            policy = backoff
+        elif isinstance(backoff, (int, float)) and not isinstance(backoff, bool):
+            policy = Backoff(base=float(backoff))
+        else:
+            msg = f"task {name!r}: backoff must be a runcue.Backoff or a number, got {backoff!r}"
+            raise TypeError(msg)
+        if not isinstance(dedup, bool):
+            msg = f"task {name!r}: dedup must be True or False, got {dedup!r}"
+            raise TypeError(msg)
+        if not (callable(retry_on) or isinstance(retry_on, tuple)):
+            msg = (
+                f"task {name!r}: retry_on must be exception types or a predicate, got {retry_on!r}"
+            )
+            raise TypeError(msg)
+        limit = check_seconds(f"task {name!r}: timeout", timeout)
+        age = check_seconds(f"task {name!r}: max_age", max_age)
+        for label, spec in (("inputs", inputs), ("outputs", outputs)):
+            if spec is not None and not (isinstance(spec, str) or callable(spec)):
+                msg = (
+                    f"task {name!r}: {label} must be a params key (str) or a function of the"
+                    f" work returning paths or artifacts, got {spec!r}"
+                )
+                raise TypeError(msg)
+
+        def register(handler: F) -> F:
+            if not callable(handler):
+                msg = f"task {name!r}: the handler must be callable, got {handler!r}"
+                raise TypeError(msg)
+            self._tasks[name] = TaskSpec(
+                name=name,
+                handler=handler,
+                is_async=is_async_callable(handler),
+                service=uses,
+                retry=retry,
+                backoff=policy,
+                retry_on=retry_on,
+                timeout=limit,
+                inputs=inputs,
+                outputs=outputs,
+                max_age=age,
+                delete_on_error=delete_on_error,
+                dedup=dedup,
+            )
+            if inputs is not None or outputs is not None:
+                self._engine.checks.declarations = True
+                self._engine.checks.refresh()
+            return handler
+
+        return register
+
+    def get_task(self, name: str) -> TaskSpec | None:
+        """The registration of task ``name``, or None."""
+        return self._tasks.get(name)
+
+    def _hook(self, slot: str, func: F) -> F:
+        if not callable(func):
+            msg = f"@cue.{slot} must decorate a function, got {func!r}"
+            raise TypeError(msg)
+        setattr(self._hooks, slot, func)
+        self._engine.checks.refresh()
+        self._engine.reports.refresh()
+        return func
+
+    def is_ready(self, func: F) -> F:
+        """Register ``is_ready(work) -> bool``: are the inputs there? False keeps it pending."""
+        return self._hook("is_ready", func)
+
+    def is_stale(self, func: F) -> F:
+        """Register ``is_stale(work) -> bool``: does it need to run? False skips it."""
+        return self._hook("is_stale", func)
+
+    def priority(self, func: F) -> F:
+        """Register ``priority(ctx) -> float`` in 0.0..1.0, higher first (see PriorityContext).
+
+        It must be a plain (sync) function: it is asked while the scheduler orders its queue.
+        """
+        if is_async_callable(func):
+            msg = "@cue.priority must be a plain function (not async): it orders the queue inline"
+            raise TypeError(msg)
+        return self._hook("priority", func)
+
+    def on_start(self, func: F) -> F:
+        """Register ``on_start(work)``, called as each attempt starts."""
+        return self._hook("on_start", func)
+
+    def on_complete(self, func: F) -> F:
+        """Register ``on_complete(work, result, duration)``."""
+        return self._hook("on_complete", func)
+
+    def on_failure(self, func: F) -> F:
+        """Register ``on_failure(work, error)``, called once, after the last attempt."""
+        return self._hook("on_failure", func)
+
+    def on_skip(self, func: F) -> F:
+        """Register ``on_skip(work)``, called when ``is_stale`` said the output is valid."""
+        return self._hook("on_skip", func)
+
+    def on_retry(self, func: F) -> F:
+        """Register ``on_retry(work, error, delay)``, called before each retry."""
+        return self._hook("on_retry", func)
+
+    def on_cancel(self, func: F) -> F:
+        """Register ``on_cancel(work)``, called when work ends cancelled."""
+        return self._hook("on_cancel", func)
+
+    def on_pending_warning(self, func: F) -> F:
+        """Register ``on_pending_warning(work, seconds)`` (see ``pending_warn_after``)."""
+        return self._hook("on_pending_warning", func)
+
+    def on_stall_warning(self, func: F) -> F:
+        """Register ``on_stall_warning(seconds_since_progress, pending_count)``."""
+        return self._hook("on_stall_warning", func)
