@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 import runcue
-from runcue._limits import Admission, ConcurrencyLimit, Limit, PauseLimit, RateLimit
+from runcue._limits import Admission, Limit, PauseLimit, RateLimit
 from runcue._queues import (
     DELAYED,
     NOWHERE,
@@ -23,6 +23,7 @@ from runcue._queues import (
     order_key,
 )
 from runcue._rate import RateLimiter, parse_rate
+from runcue._slots import ConcurrencyLimit
 from runcue._task import TaskSpec
 
 

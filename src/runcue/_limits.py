@@ -22,11 +22,11 @@ scheduler itself), why it refuses a work now (``blocked``, for ``debug_blocked()
 flag. Limits read time from the clock they are given (the loop's), so the hot path passes
 none. A kind of limit is one class here; the scheduler never names one.
 
-Today's kinds: :class:`PauseLimit` (after a ``RateLimited``), :class:`ConcurrencyLimit` (a
-real :class:`anyio.CapacityLimiter`, borrowed on behalf of each work; app code may share it),
-:class:`ThreadLimit` (worker threads for sync handlers of services without ``concurrent``),
-:class:`RateLimit` (exact sliding windows) and :class:`StoreLimit` (limits kept in a shared
-store, for every process).
+Today's kinds: :class:`PauseLimit` (after a ``RateLimited``), ``ConcurrencyLimit`` (a real
+:class:`anyio.CapacityLimiter`, borrowed on behalf of each work; app code may share it) and
+``ThreadLimit`` (worker threads for sync handlers of services without ``concurrent``) in
+``_slots.py``, :class:`RateLimit` (exact sliding windows) and :class:`StoreLimit` (limits kept
+in a shared store, for every process).
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
-
-import anyio
 
 from ._rate import RateLimiter
 from ._stats import LimitState
@@ -47,14 +45,14 @@ if TYPE_CHECKING:
     from ._work import WorkUnit
 
 __all__ = [
+    "NO_HOLD",
     "Admission",
-    "ConcurrencyLimit",
     "Limit",
     "LimitState",
     "PauseLimit",
     "RateLimit",
     "StoreLimit",
-    "ThreadLimit",
+    "bind_limits",
 ]
 
 NO_HOLD = True  # the hold of a limit that reserved nothing for this work (but admits it)
@@ -103,6 +101,15 @@ class Limit:
     async def settle_async(self, hold: Any, work: WorkUnit, error: BaseException | None) -> None:
         return None
 
+    def unused(self) -> None:
+        """A dispatch turn ended: give back what was taken in advance and not used."""
+        return None
+
+    def bind(self, spawn: Callable[..., Any], wake: Callable[[], None]) -> None:
+        """A run starts: the cue's task group's ``start_soon`` and the scheduler's wake-up,
+        for a limit that waits for something itself or frees room for others."""
+        return None
+
 
 def _label(service_name: str | None) -> str:
     return "work without a service" if service_name is None else f"service {service_name!r}"
@@ -142,183 +149,6 @@ class PauseLimit(Limit):
     def state(self, now: float) -> LimitState | None:
         left = max(0.0, self.until - now)
         return LimitState("pause", "RateLimited pause", left, math.inf, left)
-
-
-class ConcurrencyLimit(Limit):
-    """At most ``concurrent`` handlers at once: an :class:`anyio.CapacityLimiter`, borrowed on
-    behalf of each work from its admission until its handler ended (its thread returned).
-
-    App code may borrow from the same limiter (``cue.limiter(name)``): those tokens count
-    against the service like its own handlers. runcue never waits on the limiter while only
-    its own handlers hold tokens (they wake the scheduler when they end). Once other code is
-    seen holding tokens while work of the service waits, one *gate* task waits in the
-    limiter's queue, FIFO among the app's waiters, for as long as that lasts: the token it
-    gets (an app's release, or a handler's) goes to the next work, so a release by app code
-    wakes the service like a finishing handler would.
-    """
-
-    kind = "concurrency"
-    held_while_running = True
-
-    __slots__ = (
-        "_acquire",
-        "_adopted",
-        "_gate_waiting",
-        "_release",
-        "_shared",
-        "label",
-        "limiter",
-        "ours",
-        "spawn",
-        "wake",
-        "wanted",
-    )
-
-    def __init__(self, limiter: anyio.CapacityLimiter, label: str) -> None:
-        self.limiter = limiter
-        # (bound once: they run twice per start)
-        self._acquire = limiter.acquire_on_behalf_of_nowait
-        self._release = limiter.release_on_behalf_of
-        self.label = label
-        self.ours = 0  # tokens borrowed for this cue's work
-        self._adopted: list[object] = []  # tokens a gate waited for, not handed on yet
-        self._gate_waiting = False
-        self._shared = False  # other code was seen holding tokens: watch for its releases
-        self.spawn: Callable[..., Any] | None = None  # the cue's task group's start_soon
-        self.wake: Callable[[], None] | None = None
-        self.wanted: Callable[[], bool] | None = None  # does work of the service wait?
-
-    def free(self) -> float:
-        """Tokens this service could take right now."""
-        return self.limiter.available_tokens + len(self._adopted)
-
-    def reserve(self, work: WorkUnit) -> Any:
-        if self._adopted:
-            self.ours += 1
-            return self._adopted.pop()
-        try:
-            self._acquire(work)
-        except anyio.WouldBlock:
-            if self.ours < self.limiter.borrowed_tokens:
-                self._shared = True
-                self._wait_at_gate()  # tokens held by app code: their release wakes nobody
-            return None
-        self.ours += 1
-        return work
-
-    def release(self, hold: Any) -> None:
-        self.ours -= 1
-        self._release(hold)  # (no gate for this: another limit refused, not this one)
-
-    def settle(self, hold: Any, work: WorkUnit, now: float, error: BaseException | None) -> None:
-        self.ours -= 1
-        self._release(hold)
-        if self._shared:
-            self._watch_others()
-
-    def _watch_others(self) -> None:
-        """A handler ended: while others hold tokens and work waits, keep a gate in the
-        limiter's queue (not after a refusal by another limit: the gate would take a token
-        that limit still refuses, again and again)."""
-        if self.ours + len(self._adopted) < self.limiter.borrowed_tokens:
-            if self.wanted is None or self.wanted():
-                self._wait_at_gate()
-        elif not self._gate_waiting:
-            self._shared = False  # nobody else holds a token now
-
-    def _wait_at_gate(self) -> None:
-        if self._gate_waiting or self.spawn is None:
-            return
-        self._gate_waiting = True
-        self.spawn(self._gate, name="runcue concurrency gate")
-
-    async def _gate(self) -> None:
-        token = object()
-        try:
-            await self.limiter.acquire_on_behalf_of(token)
-        finally:
-            self._gate_waiting = False
-        if self.wanted is not None and not self.wanted():
-            self._release(token)  # nothing waits any more: the token goes back at once
-            self._watch_others()
-            return
-        self._adopted.append(token)
-        if self.wake is not None:
-            self.wake()
-
-    def unused(self) -> None:
-        """A dispatch turn ended: tokens a gate waited for and nobody took go back."""
-        while self._adopted:
-            self._release(self._adopted.pop())
-
-    def ready_at(self, work: WorkUnit | None, now: float) -> float:
-        if self._adopted or self.limiter.available_tokens > 0:
-            return -math.inf
-        return math.inf  # a finishing handler (or the gate) wakes the scheduler
-
-    def blocked(self, work: WorkUnit, now: float) -> tuple[str, str] | None:
-        limiter = self.limiter
-        if limiter.available_tokens > 0 or self._adopted:
-            return None
-        others = limiter.borrowed_tokens - self.ours
-        shared = f", {others} of them borrowed by other code" if others > 0 else ""
-        return (
-            "service_full",
-            f"{self.label} runs {limiter.borrowed_tokens} of {limiter.total_tokens:g} at"
-            f" once{shared}",
-        )
-
-    def state(self, now: float) -> LimitState | None:
-        limiter = self.limiter
-        total = limiter.total_tokens
-        name = "unlimited" if total == math.inf else f"{total:g} at once"
-        return LimitState("concurrency", name, limiter.borrowed_tokens, total)
-
-
-class ThreadLimit(Limit):
-    """Sync handlers of services without ``concurrent`` share ``max_threads`` worker threads
-    (one :class:`anyio.CapacityLimiter` for the whole cue); async handlers pass freely."""
-
-    kind = "threads"
-    held_while_running = True
-
-    __slots__ = ("limiter", "max_threads", "wake")
-
-    def __init__(self, limiter: anyio.CapacityLimiter, max_threads: int) -> None:
-        self.limiter = limiter
-        self.max_threads = max_threads
-        self.wake: Callable[[], None] | None = None
-
-    def reserve(self, work: WorkUnit) -> Any:
-        if work._task.is_async:
-            return NO_HOLD
-        try:
-            self.limiter.acquire_on_behalf_of_nowait(work)
-        except anyio.WouldBlock:
-            return None
-        return work
-
-    def _give(self, hold: Any) -> None:
-        if hold is not NO_HOLD:
-            self.limiter.release_on_behalf_of(hold)
-            if self.wake is not None:
-                self.wake()  # the threads are shared by every service without `concurrent`
-
-    def release(self, hold: Any) -> None:
-        self._give(hold)
-
-    def settle(self, hold: Any, work: WorkUnit, now: float, error: BaseException | None) -> None:
-        self._give(hold)
-
-    def ready_at(self, work: WorkUnit | None, now: float) -> float:
-        if work is None or work._task.is_async or self.limiter.available_tokens > 0:
-            return -math.inf
-        return math.inf  # a thread that returns wakes the scheduler
-
-    def blocked(self, work: WorkUnit, now: float) -> tuple[str, str] | None:
-        if work._task.is_async or self.limiter.available_tokens > 0:
-            return None
-        return ("threads_full", f"all max_threads={self.max_threads} worker threads busy")
 
 
 class RateLimit(Limit):
@@ -553,8 +383,7 @@ class Admission:
     def unused(self) -> None:
         """A dispatch turn ended: what a limit took in advance and nobody used goes back."""
         for limit in self.holders:
-            if isinstance(limit, ConcurrencyLimit):
-                limit.unused()
+            limit.unused()
 
 
 _RANK = {"store": 0, "pause": 1, "concurrency": 2, "threads": 3, "rate": 4}
@@ -565,10 +394,6 @@ def _describe_rank(limit: Limit) -> int:
 
 
 def bind_limits(limits: Sequence[Limit], tg: TaskGroup, wake: Callable[[], None]) -> None:
-    """Give the limits that need them the cue's task group and its scheduler's wake-up."""
+    """Give the limits the cue's task group and its scheduler's wake-up."""
     for limit in limits:
-        if isinstance(limit, ConcurrencyLimit):
-            limit.spawn = tg.start_soon
-            limit.wake = wake
-        elif isinstance(limit, ThreadLimit):
-            limit.wake = wake
+        limit.bind(tg.start_soon, wake)

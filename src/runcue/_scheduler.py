@@ -43,7 +43,7 @@ from ._dispatch import Dispatcher
 from ._errors import WorkCancelled
 from ._fleet import Fleet
 from ._hooks import Hooks, logger
-from ._limits import ThreadLimit, bind_limits
+from ._limits import bind_limits
 from ._outcomes import Outcomes
 from ._queues import (
     INTAKE,
@@ -58,6 +58,7 @@ from ._queues import (
 from ._reports import Reports
 from ._runners import Runners
 from ._service import Service
+from ._slots import ThreadLimit
 from ._store import Store
 from ._work import PriorityContext, WorkState, WorkUnit
 

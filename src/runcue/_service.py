@@ -11,17 +11,10 @@ from typing import TYPE_CHECKING
 import anyio
 
 from . import _backend
-from ._limits import (
-    Admission,
-    ConcurrencyLimit,
-    Limit,
-    PauseLimit,
-    RateLimit,
-    StoreLimit,
-    ThreadLimit,
-)
+from ._limits import Admission, Limit, PauseLimit, RateLimit, StoreLimit
 from ._queues import WorkQueue
 from ._rate import RateLimiter, RateSpec, parse_rate
+from ._slots import ConcurrencyLimit, ThreadLimit
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
