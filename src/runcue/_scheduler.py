@@ -4,13 +4,16 @@ The parts, each in its own module:
 
 - ``_queues.py``: each service's priority queue, the parking of work that is not ready, the
   retry backoffs (pure data structures);
-- ``_limits.py``: admission, a service's limits as objects of one protocol;
+- ``_limits.py`` and ``_slots.py``: admission, a service's limits as objects of one protocol;
 - ``_dispatch.py``: the one path from a queue through the checks and the limits to a runner;
 - ``_runners.py``: the runner tasks and what one attempt does;
 - ``_outcomes.py`` and ``_reports.py``: how work ends, and who is told (callbacks,
   listeners, waiters);
 - ``_deadlines.py``: retries coming due, pending and stall timeouts;
-- ``_fleet.py``: leases and claims in a shared store.
+- ``_fleet.py``: leases and claims in a shared store;
+- ``_diagnosis.py``: why work waits, in words, and the ``stats()`` snapshot.
+
+``docs/architecture.md`` draws how a work travels through them.
 
 This module owns the state they share -- the live work, the finished history, the counts, the
 de-duplication index -- and the loop: the scheduler task sleeps on one memory object stream
