@@ -4,7 +4,6 @@ every grant carries a fencing token that grows."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -17,18 +16,7 @@ import pytest
 import runcue
 from redis_helpers import RedisServer, redis_server_running
 
-pytestmark = pytest.mark.anyio
-
-try:
-    import redis  # noqa: F401
-except ImportError:  # pragma: no cover - depends on the environment
-    if os.environ.get("RUNCUE_REQUIRE_REDIS"):
-        raise
-    pytest.skip(
-        "Redis tests skipped: the redis client library is not installed"
-        " (pip install 'runcue[redis]'); set RUNCUE_REQUIRE_REDIS=1 to make it fail",
-        allow_module_level=True,
-    )
+pytestmark = pytest.mark.anyio  # (every test starts its server through require_redis())
 
 OUTAGE = 1.6  # seconds: longer than the lease
 TTL = 1.0
