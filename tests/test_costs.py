@@ -488,6 +488,10 @@ def test_property_admissions_keep_every_window_within_its_limit(
                 assert model_fits  # the invariant, checked at the admission
                 assert resolution or next_free == now
                 records.append(_Record(handle, estimate))
+                if data.draw(st.booleans()):  # most handlers start right away
+                    limits.commit(handle, now)
+                    records[-1].state, records[-1].commit_time = "committed", now
+                    records[-1].amount = dict(estimate)
         elif action == "commit":
             waiting = [r for r in records if r.state == "reserved"]
             if waiting:
