@@ -246,7 +246,7 @@ def test_no_rate_limit_headers_read_as_empty() -> None:
 
 def test_names_are_case_insensitive_and_bytes_are_read() -> None:
     """Header names in any case, as str or bytes (raw ASGI headers), read alike."""
-    pairs = [
+    pairs: list[tuple[str | bytes, str | bytes]] = [
         (b"X-RateLimit-Limit-Requests", b"60"),
         (b"x-ratelimit-REMAINING-requests", b"59"),
         ("X-RATELIMIT-RESET-REQUESTS", "1s"),

@@ -63,7 +63,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 
-__all__ = ["ServerLimit", "ServerLimits", "parse_duration", "read_rate_limit_headers"]
+__all__ = [
+    "HeadersLike",
+    "ServerLimit",
+    "ServerLimits",
+    "parse_duration",
+    "read_rate_limit_headers",
+]
+
+HeadersLike = Mapping[str, str] | Mapping[bytes, bytes] | Iterable[tuple[str | bytes, str | bytes]]
+"""Response headers as any HTTP library gives them: a mapping, or (name, value) pairs."""
 
 _EPOCH_THRESHOLD = 1e9  # a reset above this is a Unix time, below it seconds from now
 
@@ -373,7 +382,7 @@ def _seconds_param(value: _Bare | None) -> float | None:
 # ------------------------------------------------------------------ reading
 
 
-def _collect(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
+def _collect(headers: HeadersLike) -> dict[str, str]:
     """Names lower-cased; repeated fields joined with ', ' (HTTP's list rule)."""
     if isinstance(headers, Mapping):
         pairs: Iterable[object] = headers.items()
@@ -434,9 +443,7 @@ _OPENAI = re.compile(r"^x-ratelimit-(limit|remaining|reset)-([a-z0-9_\-]+)$")
 _ANTHROPIC = re.compile(r"^anthropic-ratelimit-([a-z0-9_\-]+?)-(limit|remaining|reset)$")
 
 
-def read_rate_limit_headers(
-    headers: Mapping[str, str] | Iterable[tuple[str, str]], *, now_wall: float
-) -> ServerLimits:
+def read_rate_limit_headers(headers: HeadersLike, *, now_wall: float) -> ServerLimits:
     """Read the rate-limit headers of one response (see the module docstring for the
     families). ``now_wall`` is the wall-clock time (``time.time()``) the response arrived.
 
