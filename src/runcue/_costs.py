@@ -73,6 +73,7 @@ __all__ = [
     "HoldState",
     "WindowHold",
     "check_amount",
+    "misuse",
     "parse_costs",
 ]
 
@@ -131,7 +132,8 @@ class HoldState(enum.Enum):
     RELEASED = "released"
 
 
-def _misuse(what: str, state: HoldState) -> RuntimeError:
+def misuse(what: str, state: HoldState) -> RuntimeError:
+    """The error for a step a reservation in ``state`` cannot take (the message names the fix)."""
     fixes = {
         HoldState.RESERVED: "commit it when the handler starts, or release it",
         HoldState.COMMITTED: "settle it once the handler ends",
@@ -249,7 +251,7 @@ class CostWindow:
         at the latest commit instead (later, so conservative).
         """
         if hold.state is not HoldState.RESERVED:
-            raise _misuse("commit", hold.state)
+            raise misuse("commit", hold.state)
         self._unreserve(hold)
         hold.state = HoldState.COMMITTED
         buckets = self._buckets
@@ -266,7 +268,7 @@ class CostWindow:
     def release(self, hold: WindowHold) -> None:
         """The reserved start will not happen."""
         if hold.state is not HoldState.RESERVED:
-            raise _misuse("release", hold.state)
+            raise misuse("release", hold.state)
         self._unreserve(hold)
         hold.state = HoldState.RELEASED
 
@@ -276,7 +278,7 @@ class CostWindow:
         Once the commit has left the window, nothing changes: it no longer counts there.
         """
         if hold.state is not HoldState.COMMITTED:
-            raise _misuse("settle", hold.state)
+            raise misuse("settle", hold.state)
         check_amount(actual, "an actual amount")
         hold.state = HoldState.SETTLED
         bucket = hold._bucket
@@ -477,7 +479,7 @@ class CostLimiter:
         """
         self._own(handle)
         if handle.state is not HoldState.RESERVED:
-            raise _misuse("commit", handle.state)
+            raise misuse("commit", handle.state)
         for _, window, hold in handle._holds:
             window.commit(hold, now)
         handle.state = HoldState.COMMITTED
@@ -487,7 +489,7 @@ class CostLimiter:
         """The reserved work will not start. True when this gave room back."""
         self._own(handle)
         if handle.state is not HoldState.RESERVED:
-            raise _misuse("release", handle.state)
+            raise misuse("release", handle.state)
         for _, window, hold in handle._holds:
             window.release(hold)
         handle.state = HoldState.RELEASED
@@ -501,7 +503,7 @@ class CostLimiter:
         """
         self._own(handle)
         if handle.state is not HoldState.COMMITTED:
-            raise _misuse("settle", handle.state)
+            raise misuse("settle", handle.state)
         amounts = dict(handle.estimate)
         if actual is not None:
             if not isinstance(actual, Mapping):
