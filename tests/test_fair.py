@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from runcue._errors import InvalidRateError
 from runcue._fair import Entry, FairQueue
+from runcue._rate import parse_rate
 
 Item = tuple[Hashable, int]  # (tenant, number)
 
@@ -435,3 +436,67 @@ def test_views_count_entries_per_tenant() -> None:
     _fill(queue, live, None, 1)
     assert (len(queue), queue.size("a"), queue.size(None), queue.size("zzz")) == (3, 2, 1, 0)
     assert set(queue.tenants()) == {"a", None}
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_property_rates_hold_and_no_live_entry_is_lost(data: st.DataObject) -> None:
+    """Under random pushes, pops, commits, releases (pushed back), stale entries and time:
+    every live entry is popped exactly once, each tenant's commits keep its rate, and pop
+    returns None only when every tenant with live work is held by its rate."""
+    rates = {0: "2/1s", 1: "1/2s"}  # tenants 2 and 3 have no rate
+    live = Liveness()
+    queue: FairQueue[Item] = FairQueue(rates=rates)
+    now, seq = 0.0, 0
+    pending: set[Item] = set()
+    taken: list[Item] = []
+    commits: dict[Hashable, list[float]] = {0: [], 1: []}
+    for _ in range(data.draw(st.integers(1, 80))):
+        action = data.draw(st.sampled_from(["push", "push", "pop", "pop", "kill", "wait"]))
+        if action == "push":
+            tenant = data.draw(st.integers(0, 3))
+            seq += 1
+            item = (tenant, seq)
+            queue.push(tenant, live.entry(float(data.draw(st.integers(0, 2))), seq, item))
+            pending.add(item)
+        elif action == "kill" and pending:
+            item = data.draw(st.sampled_from(sorted(pending, key=repr)))
+            live.kill(item)
+            pending.discard(item)
+        elif action == "wait":
+            now += data.draw(st.sampled_from([0.25, 0.5, 1.0, 2.0]))
+        elif action == "pop":
+            entry = queue.pop(now, live)
+            if entry is None:
+                for tenant in {item[0] for item in pending}:
+                    assert tenant in rates  # only a rate can hold live work back
+                continue
+            item = entry[3]
+            assert item in pending
+            if data.draw(st.booleans()):
+                queue.commit(item[0], now)
+                pending.discard(item)
+                taken.append(item)
+                if item[0] in commits:
+                    commits[item[0]].append(now)
+            else:
+                queue.release(item[0], now)
+                queue.push(item[0], entry)
+    now += 100.0
+    while pending:
+        entry = queue.pop(now, live)
+        if entry is None:
+            now = min(queue.next_ready_at(now), now + 100.0)
+            continue
+        queue.commit(entry[3][0], now)
+        pending.discard(entry[3])
+        taken.append(entry[3])
+        if entry[3][0] in commits:
+            commits[entry[3][0]].append(now)
+    assert queue.pop(now, live) is None
+    assert len(taken) == len(set(taken))
+    for tenant, times in commits.items():
+        (spec,) = parse_rate(rates[tenant])
+        for index, start in enumerate(times):
+            inside = [t for t in times[index:] if t < start + spec.period]
+            assert len(inside) <= spec.limit
