@@ -444,7 +444,7 @@ def test_property_rates_hold_and_no_live_entry_is_lost(data: st.DataObject) -> N
     """Under random pushes, pops, commits, releases (pushed back), stale entries and time:
     every live entry is popped exactly once, each tenant's commits keep its rate, and pop
     returns None only when every tenant with live work is held by its rate."""
-    rates = {0: "2/1s", 1: "1/2s"}  # tenants 2 and 3 have no rate
+    rates: dict[Hashable, str] = {0: "2/1s", 1: "1/2s"}  # tenants 2 and 3 have no rate
     live = Liveness()
     queue: FairQueue[Item] = FairQueue(rates=rates)
     now, seq = 0.0, 0
@@ -454,9 +454,9 @@ def test_property_rates_hold_and_no_live_entry_is_lost(data: st.DataObject) -> N
     for _ in range(data.draw(st.integers(1, 80))):
         action = data.draw(st.sampled_from(["push", "push", "pop", "pop", "kill", "wait"]))
         if action == "push":
-            tenant = data.draw(st.integers(0, 3))
+            tenant: Hashable = data.draw(st.integers(0, 3))
             seq += 1
-            item = (tenant, seq)
+            item: Item = (tenant, seq)
             queue.push(tenant, live.entry(float(data.draw(st.integers(0, 2))), seq, item))
             pending.add(item)
         elif action == "kill" and pending:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ._rate import RateLimiter, RateSpec, parse_rate
 
@@ -87,8 +87,8 @@ class FairQueue(Generic[T]):
     def __init__(
         self,
         *,
-        weights: Mapping[Hashable, float] | None = None,
-        rates: Mapping[Hashable, str] | None = None,
+        weights: Mapping[Any, float] | None = None,  # Any: Mapping is invariant in its keys
+        rates: Mapping[Any, str] | None = None,
         default_weight: float = 1.0,
         default_rate: str | None = None,
     ) -> None:
