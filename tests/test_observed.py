@@ -247,6 +247,67 @@ def test_steps_happen_once_each_in_order() -> None:
         budget.release(released)
 
 
+def test_in_transit_counts_only_recent_commits_as_unseen() -> None:
+    """With a transit bound, works committed longer ago than it reached the server already."""
+    budget = ServerBudget(in_transit=1.0)
+    old = [_start(budget, 0.0) for _ in range(5)]
+    recent = _start(budget, 9.5)
+    answered = _start(budget, 9.8)
+    budget.observe("requests", 10, 60.0, 10.0, answered=answered)
+    assert budget.describe(10.0) == (ObservedLimit("requests", 9, 60.0),)  # only `recent`
+    for handle in [*old, recent, answered]:
+        budget.settle(handle)
+    assert len(budget) == 2  # committed within 1 s of the latest time seen
+    budget.observe("requests", 10, 60.0, 20.0)
+    assert len(budget) == 2
+    budget.settle(_start(budget, 20.0))
+    assert len(budget) == 1
+
+
+def test_refill_steps_read_a_budget_that_refills() -> None:
+    """With the server's limit, 'remaining until reset' becomes a staircase under the line
+    from remaining to the limit: more is allowed as the reset nears."""
+    budget = ServerBudget()
+    budget.observe("tokens", 0, 40.0, 0.0, limit=1000, refill_steps=4)
+    assert budget.describe(0.0) == (
+        ObservedLimit("tokens", 0, 10.0),
+        ObservedLimit("tokens", 250, 20.0),
+        ObservedLimit("tokens", 500, 30.0),
+        ObservedLimit("tokens", 750, 40.0),
+    )
+    assert budget.next_free({"tokens": 300}, 0.0) == 20.0
+    assert budget.next_free({"tokens": 800}, 0.0) == 40.0
+    budget.observe("tokens", 900, 5.0, 1.0, limit=1000, refill_steps=4)
+    assert len(budget.describe(1.0)) == 4  # looser and shorter: every step dominated
+    budget.observe("tokens", 0, 51.0, 1.0, limit=1000, refill_steps=2)
+    assert budget.describe(1.0) == (  # tighter for longer: replaces every old step
+        ObservedLimit("tokens", 0, 26.0),
+        ObservedLimit("tokens", 500, 51.0),
+    )
+
+
+def test_observe_limits_can_read_refilling_limits() -> None:
+    """observe_limits passes each limit's size on when asked to read refills."""
+    headers = {
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "0",
+        "x-ratelimit-reset-tokens": "40s",
+    }
+    budget = ServerBudget()
+    budget.observe_limits(read_rate_limit_headers(headers, now_wall=0.0), 0.0, refill_steps=2)
+    assert budget.describe(0.0) == (
+        ObservedLimit("tokens", 0, 20.0),
+        ObservedLimit("tokens", 500, 40.0),
+    )
+
+
+@pytest.mark.parametrize("in_transit", [-1.0, math.inf, math.nan])
+def test_a_bad_transit_bound_is_refused(in_transit: float) -> None:
+    """in_transit is a finite number of seconds >= 0."""
+    with pytest.raises(ValueError, match="in_transit"):
+        ServerBudget(in_transit=in_transit)
+
+
 @pytest.mark.parametrize("amounts", [{"requests": -1}, {"tokens": math.nan}, [("requests", 1)]])
 def test_bad_amounts_are_refused(amounts: object) -> None:
     """Amounts are a mapping of finite numbers >= 0."""
@@ -265,6 +326,10 @@ def test_reserved_returns_to_exactly_zero() -> None:
 
 
 # ---------------------------------------------------------------------------- simulation
+
+
+DELAYS = [0.0, 0.1, 0.5, 1.5]  # one way, each way
+MAX_TRANSIT = 2 * max(DELAYS)
 
 
 @dataclass
@@ -299,20 +364,22 @@ class _Sim:
     quota=st.integers(min_value=1, max_value=6),
     window=st.sampled_from([2.0, 5.0]),
     with_answered=st.booleans(),
+    in_transit=st.sampled_from([None, MAX_TRANSIT]),
     data=st.data(),
 )
 def test_property_the_server_never_receives_more_than_it_said_was_left(
-    quota: int, window: float, with_answered: bool, data: st.DataObject
+    quota: int, window: float, with_answered: bool, in_transit: float | None, data: st.DataObject
 ) -> None:
     """Against a server with fixed windows, network delays both ways (responses out of order)
     and random releases: after each answer, the server receives before the reset at most what
-    it said was left, or what the client had already sent or reserved when it heard."""
+    it said was left, or what the client had already sent or reserved when it heard; with no
+    assumption on the network, and with in_transit bounding the delays."""
     sim = _Sim(quota, window)
-    budget = ServerBudget()
+    budget = ServerBudget(in_transit=in_transit)
     events: list[tuple[float, int, str, object]] = []
     sequence = 0
     observations: list[_Observation] = []
-    delays = st.sampled_from([0.0, 0.1, 0.5, 1.5])
+    delays = st.sampled_from(DELAYS)
 
     def schedule(at: float, kind: str, payload: object) -> None:
         nonlocal sequence
@@ -362,4 +429,7 @@ def test_property_the_server_never_receives_more_than_it_said_was_left(
         after = [(r, a) for r, a in sent if seen.answered_at < a < seen.reset_at]
         already = sum(1 for r, _ in after if r <= seen.heard_at)
         assert len(after) <= max(seen.remaining, already)
-    assert len(budget) == 0
+    if in_transit is None:
+        assert len(budget) == 0  # nothing runs: every commit forgotten
+    else:
+        assert len(budget) <= len(sent)  # only commits within in_transit of the last time

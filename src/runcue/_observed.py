@@ -23,6 +23,15 @@ answered ``A``. So responses may arrive in any order: an old response that says 
 adds a looser constraint that the tighter ones still bound (all are kept until their reset),
 and a response that says less tightens at once.
 
+**A bound on transit time** (``ServerBudget(in_transit=d)``, opt-in). The reading above
+assumes nothing about the network, so every work still running counts as unseen, although the
+server usually counted it long ago: for an API whose latency is mostly the server's own work
+(an LLM), that counts most of the running works twice and costs much of the throughput. Given
+``d`` >= the longest a request takes to reach the server plus the longest a response takes to
+come back (its headers read at ``now``), the server answered ``A`` no earlier than
+``now - d_down`` and every work committed before ``now - d`` had reached it by then. So only
+reservations and works committed at or after ``now - d`` (``A`` excepted) count as unseen.
+
 **The invariant.** For every constraint ``C`` of a dimension in force at ``now``
 (``reset_at > now``), let *left(C)* = ``remaining`` minus what was counted as above at the
 observation, minus everything reserved since, minus debts charged since, plus reservations
@@ -70,7 +79,7 @@ class ObservedLimit:
 class BudgetReservation:
     """One admission's hold on a :class:`ServerBudget`."""
 
-    __slots__ = ("_owner", "actual", "amounts", "commit_seq", "settle_seq", "state")
+    __slots__ = ("_owner", "actual", "amounts", "commit_seq", "commit_time", "settle_seq", "state")
 
     def __init__(self, owner: ServerBudget, amounts: dict[str, float]) -> None:
         self._owner = owner
@@ -78,6 +87,7 @@ class BudgetReservation:
         self.actual: dict[str, float] | None = None
         self.state = HoldState.RESERVED
         self.commit_seq = 0  # set at commit
+        self.commit_time = 0.0
         self.settle_seq: float = _NEVER
 
     def counted(self, dimension: str) -> float:
@@ -103,9 +113,23 @@ class _Constraint:
 class ServerBudget:
     """The constraints responses reported, enforced on admission (see the module docstring)."""
 
-    __slots__ = ("_fronts", "_log", "_outstanding", "_reserved", "_seq", "_spent")
+    __slots__ = (
+        "_fronts",
+        "_last_now",
+        "_log",
+        "_outstanding",
+        "_reserved",
+        "_seq",
+        "_spent",
+        "in_transit",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, *, in_transit: float | None = None) -> None:
+        if in_transit is not None and not (in_transit >= 0 and math.isfinite(in_transit)):
+            msg = f"in_transit must be a finite number of seconds >= 0, got {in_transit!r}"
+            raise ValueError(msg)
+        self.in_transit = in_transit
+        self._last_now = -math.inf  # the latest time seen, to forget old commits
         # Per dimension: reservations + debts - releases since the dimension was last free of
         # constraints. A constraint stores `mark` = its left + spent at creation, so every
         # later change to spent changes every constraint's left alike.
@@ -127,12 +151,23 @@ class ServerBudget:
         now: float,
         *,
         answered: BudgetReservation | None = None,
+        limit: float | None = None,
+        refill_steps: int = 0,
     ) -> None:
         """The server said ``remaining`` of ``dimension`` is left until ``reset_at``, in its
         answer to ``answered`` (the running work whose response this is).
 
         Without ``answered``, every running work and every work settled since the oldest
-        running one started counts as unseen. An observation whose reset is past is ignored.
+        running one started counts as unseen (with ``in_transit``: every work committed
+        within it). An observation whose reset is past is ignored.
+
+        By default nothing more is allowed until ``reset_at`` (a fixed window: exact for
+        GitHub-style limits, conservative for any). With ``refill_steps=k`` and the server's
+        ``limit``, the budget is read as refilling linearly from ``remaining`` to ``limit`` by
+        ``reset_at`` (a token bucket, as OpenAI's "time until the rate limit resets to its
+        initial state" describes), followed from below by ``k`` steps: in the ``j``-th
+        ``k``-th of the time, ``remaining + (limit - remaining) * (j - 1) / k``. Looser than
+        the fixed reading, so only for servers known to refill.
 
         :raises RuntimeError: if ``answered`` is not running (commit it first; observe a
             response before settling its work).
@@ -153,13 +188,25 @@ class ServerBudget:
             oldest = next((w.commit_seq for w in self._log if w.settle_seq == _NEVER), None)
             after = oldest - 1 if oldest is not None else self._seq
         unseen = self._reserved.get(dimension, 0)
-        for work in self._log:
-            if work is not answered and work.settle_seq > after:
-                unseen += work.counted(dimension)
+        if self.in_transit is not None:
+            self._last_now = max(self._last_now, now)
+            horizon = now - self.in_transit
+            for work in self._log:
+                if work is not answered and work.commit_time >= horizon:
+                    unseen += work.counted(dimension)
+        else:
+            for work in self._log:
+                if work is not answered and work.settle_seq > after:
+                    unseen += work.counted(dimension)
         front = self._prune(dimension, now)  # first: it may restart `spent` from 0
-        self._insert(
-            front, _Constraint(reset_at, remaining - unseen + self._spent.get(dimension, 0))
-        )
+        base = remaining - unseen + self._spent.get(dimension, 0)
+        if refill_steps > 0 and limit is not None and limit > remaining:
+            span, growth = reset_at - now, limit - remaining
+            for step in range(1, refill_steps + 1):
+                mark = base + growth * (step - 1) / refill_steps
+                self._insert(front, _Constraint(now + span * step / refill_steps, mark))
+        else:
+            self._insert(front, _Constraint(reset_at, base))
 
     def observe_limits(
         self,
@@ -168,11 +215,14 @@ class ServerBudget:
         *,
         answered: BudgetReservation | None = None,
         retry_after: bool = True,
+        refill_steps: int = 0,
     ) -> None:
         """Observe every limit of :func:`~runcue._headers.read_rate_limit_headers`'s result
         that says what is left and when it resets (``now`` on the same clock as admission).
 
         With ``retry_after``, a ``Retry-After`` reads as no ``requests`` left until then.
+        ``refill_steps`` reads each limit that reports its size as refilling (see
+        :meth:`observe`).
         """
         for limit in limits.limits:
             if limit.remaining is not None and limit.reset_after is not None:
@@ -182,6 +232,8 @@ class ServerBudget:
                     now + limit.reset_after,
                     now,
                     answered=answered,
+                    limit=limit.limit,
+                    refill_steps=refill_steps,
                 )
         if retry_after and limits.retry_after is not None:
             self.observe("requests", 0, now + limits.retry_after, now, answered=answered)
@@ -274,14 +326,15 @@ class ServerBudget:
             self._reserved[dimension] -= amount
 
     def commit(self, handle: BudgetReservation, now: float) -> bool:
-        """The reserved work starts (``now`` is taken for the same shape as other limits; the
-        order of commits and settles is what counts). Never changes what is left: False."""
+        """The reserved work starts at ``now``. Never changes what is left: False."""
         self._own(handle)
         if handle.state is not HoldState.RESERVED:
             raise misuse("commit", handle.state)
         self._unreserve(handle)
         self._seq += 1
         handle.commit_seq = self._seq
+        handle.commit_time = now
+        self._last_now = max(self._last_now, now)
         handle.state = HoldState.COMMITTED
         self._log.append(handle)
         return False
@@ -319,8 +372,14 @@ class ServerBudget:
 
     def _forget_settled(self) -> None:
         """Drop committed works no future observation can count: settled before every
-        running work (and every work committed later) was committed."""
+        running work (and every work committed later) was committed; with ``in_transit``,
+        committed longer than that before the latest time seen."""
         log = self._log
+        if self.in_transit is not None:
+            horizon = self._last_now - self.in_transit
+            while log and log[0].commit_time < horizon:
+                log.popleft()
+            return
         oldest = next((work.commit_seq for work in log if work.settle_seq == _NEVER), _NEVER)
         while log and log[0].settle_seq < oldest:
             log.popleft()
