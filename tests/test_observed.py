@@ -214,12 +214,12 @@ def test_memory_forgets_works_no_observation_can_count() -> None:
     quick = [_start(budget, 1.0) for _ in range(5)]
     for handle in quick:
         budget.settle(handle)
-    assert len(budget) == 6  # slow still runs: the quick ones may still count
+    assert budget.remembered() == 6  # slow still runs: the quick ones may still count
     budget.settle(slow)
-    assert len(budget) == 0
+    assert budget.remembered() == 0
     for _ in range(100):
         budget.settle(_start(budget, 2.0))
-    assert len(budget) == 0
+    assert budget.remembered() == 0
 
 
 def test_steps_happen_once_each_in_order() -> None:
@@ -257,11 +257,11 @@ def test_in_transit_counts_only_recent_commits_as_unseen() -> None:
     assert budget.describe(10.0) == (ObservedLimit("requests", 9, 60.0),)  # only `recent`
     for handle in [*old, recent, answered]:
         budget.settle(handle)
-    assert len(budget) == 2  # committed within 1 s of the latest time seen
+    assert budget.remembered() == 2  # committed within 1 s of the latest time seen
     budget.observe("requests", 10, 60.0, 20.0)
-    assert len(budget) == 2
+    assert budget.remembered() == 2
     budget.settle(_start(budget, 20.0))
-    assert len(budget) == 1
+    assert budget.remembered() == 1
 
 
 def test_refill_steps_read_a_budget_that_refills() -> None:
@@ -430,6 +430,6 @@ def test_property_the_server_never_receives_more_than_it_said_was_left(
         already = sum(1 for r, _ in after if r <= seen.heard_at)
         assert len(after) <= max(seen.remaining, already)
     if in_transit is None:
-        assert len(budget) == 0  # nothing runs: every commit forgotten
+        assert budget.remembered() == 0  # nothing runs: every commit forgotten
     else:
-        assert len(budget) <= len(sent)  # only commits within in_transit of the last time
+        assert budget.remembered() <= len(sent)  # only commits within in_transit of the last time

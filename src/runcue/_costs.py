@@ -288,8 +288,9 @@ class CostWindow:
             self._committed += actual - hold.amount
         hold.amount = actual
 
-    def __len__(self) -> int:
-        """Buckets held (the window's memory; pruned lazily on the next read)."""
+    def buckets(self) -> int:
+        """Buckets held (the window's memory; pruned lazily on the next read). Not
+        ``__len__``: a window is never falsy."""
         return len(self._buckets)
 
 

@@ -384,6 +384,7 @@ class ServerBudget:
         while log and log[0].settle_seq < oldest:
             log.popleft()
 
-    def __len__(self) -> int:
-        """Committed works remembered (the budget's memory besides its constraints)."""
+    def remembered(self) -> int:
+        """Committed works remembered (the budget's memory besides its constraints). Not
+        ``__len__``: a budget is never falsy."""
         return len(self._log)
