@@ -153,8 +153,7 @@ def test_bad_settings_are_refused(args: dict[str, float], message: str) -> None:
 def test_property_allowed_stays_between_one_and_the_ceiling(
     ceiling: int, outcomes: list[tuple[int, str]]
 ) -> None:
-    """Under any mix of starts and ends, 1 <= allowed <= ceiling, and the number of decreases
-    never exceeds the number of back-offs of calls started in the epoch they ended in."""
+    """Any mix of starts and ends keeps 1 <= allowed <= ceiling; each decrease is one epoch."""
     controller = AimdController(ceiling)
     running: list[AimdTicket] = []
     decreases = 0

@@ -457,10 +457,10 @@ _COSTS = st.fixed_dictionaries(
 def test_property_admissions_keep_every_window_within_its_limit(
     costs: dict[str, str], resolution: float, honest: bool, data: st.DataObject
 ) -> None:
-    """Under random estimates, actuals, timings and releases: at every admission the load plus
-    the estimate fits every window (exactly as a brute-force model says, without resolution);
-    with actuals <= estimates no window ever holds more than its limit of committed cost; every
-    reservation is settled or released exactly once and leaves no reservation behind."""
+    """Under random use no window exceeds its limit and every hold ends exactly once."""
+    # Random estimates, actuals, timings and releases. At every admission the load plus the
+    # estimate fits every window (exactly as a brute-force model says, without resolution);
+    # with actuals <= estimates no window ever holds more than its limit of committed cost.
     limits = CostLimiter(costs, resolution=resolution)
     records: list[_Record] = []
     now = 0.0

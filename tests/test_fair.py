@@ -72,8 +72,7 @@ def _drain(queue: FairQueue[Item], live: Liveness, now: float = 0.0) -> list[Ite
 def test_property_without_tenants_it_pops_like_the_single_heap(
     ops: list[tuple[str, int, int]],
 ) -> None:
-    """With every entry under tenant None, pops come out exactly as from one heapq heap with
-    the same lazy deletion (same order, same stale entries skipped)."""
+    """With every entry under tenant None, pops match one heapq heap with lazy deletion."""
     live = Liveness()
     queue: FairQueue[Item] = FairQueue()
     heap: list[Entry[Item]] = []
@@ -191,8 +190,7 @@ def test_default_weight_and_configure() -> None:
     before=st.integers(min_value=0, max_value=300),
 )
 def test_property_a_first_entry_waits_at_most_one_round(backlogs: list[int], before: int) -> None:
-    """Whatever the other tenants queued and however many pops happened, a tenant's first
-    entry is popped within (tenants with work, itself included) pops."""
+    """Whatever others queued, a tenant's first entry comes within (tenants with work) pops."""
     live = Liveness()
     queue: FairQueue[Item] = FairQueue()
     for index, count in enumerate(backlogs):
@@ -281,8 +279,7 @@ def test_only_rate_held_tenants_left_pop_returns_none() -> None:
 
 
 def test_reservations_hold_a_tenant_until_they_commit() -> None:
-    """Popped but not started, a tenant's rate is full of reservations: its time is unknown
-    until a commit, which says the scheduler should look again."""
+    """A tenant full of reservations waits for a commit, which says to look again."""
     live = Liveness()
     queue: FairQueue[Item] = FairQueue(rates={"A": "1/5s"})
     _fill(queue, live, "A", 2)
@@ -368,8 +365,7 @@ def test_rate_limited_tenants_are_forgotten_once_their_window_is_empty() -> None
 
 
 def test_once_nothing_waits_every_idle_tenant_is_forgotten_at_once() -> None:
-    """When the last tenant with work empties, passes restart and idle tenants go, even if
-    work is pushed again before the next pop."""
+    """When the last tenant with work empties, every idle tenant is forgotten at once."""
     live = Liveness()
     queue: FairQueue[Item] = FairQueue()
     for tenant in range(50):
@@ -441,9 +437,8 @@ def test_views_count_entries_per_tenant() -> None:
 @settings(max_examples=200, deadline=None)
 @given(data=st.data())
 def test_property_rates_hold_and_no_live_entry_is_lost(data: st.DataObject) -> None:
-    """Under random pushes, pops, commits, releases (pushed back), stale entries and time:
-    every live entry is popped exactly once, each tenant's commits keep its rate, and pop
-    returns None only when every tenant with live work is held by its rate."""
+    """Random use keeps rates, pops each live entry once, returns None only when held."""
+    # Random pushes, pops, commits, releases (pushed back), stale entries and time.
     rates: dict[Hashable, str] = {0: "2/1s", 1: "1/2s"}  # tenants 2 and 3 have no rate
     live = Liveness()
     queue: FairQueue[Item] = FairQueue(rates=rates)

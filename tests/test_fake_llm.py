@@ -252,8 +252,7 @@ async def test_serve_reports_its_port_to_a_task_group() -> None:
 
 @pytest.mark.anyio
 async def test_a_request_being_answered_holds_its_estimate() -> None:
-    """While a request waits out its latency, it counts at prompt + max_tokens; once answered,
-    at its actual total."""
+    """While answered a request counts at prompt + max_tokens, then at its actual total."""
     admitted = anyio.Event()
 
     def clock() -> float:

@@ -74,8 +74,7 @@ def _run(
 
 
 def test_declared_windows_like_the_servers_never_get_a_429_and_use_the_budget() -> None:
-    """Reserving estimates and settling actuals keeps the server's window within its limit
-    (no 429, no window over 6,000) while using over 90% of the tokens a minute."""
+    """Windows like the server's: no 429, no window over its limit, over 90% of tokens used."""
     server, per_minute = _run(client_tpm=6000)
     assert server.stats.rejected == 0
     assert server.stats.most_tokens_in_window <= 6000

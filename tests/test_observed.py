@@ -265,8 +265,7 @@ def test_in_transit_counts_only_recent_commits_as_unseen() -> None:
 
 
 def test_refill_steps_read_a_budget_that_refills() -> None:
-    """With the server's limit, 'remaining until reset' becomes a staircase under the line
-    from remaining to the limit: more is allowed as the reset nears."""
+    """With the limit, refill steps allow more as the reset nears, under the line to the limit."""
     budget = ServerBudget()
     budget.observe("tokens", 0, 40.0, 0.0, limit=1000, refill_steps=4)
     assert budget.describe(0.0) == (
@@ -370,10 +369,9 @@ class _Sim:
 def test_property_the_server_never_receives_more_than_it_said_was_left(
     quota: int, window: float, with_answered: bool, in_transit: float | None, data: st.DataObject
 ) -> None:
-    """Against a server with fixed windows, network delays both ways (responses out of order)
-    and random releases: after each answer, the server receives before the reset at most what
-    it said was left, or what the client had already sent or reserved when it heard; with no
-    assumption on the network, and with in_transit bounding the delays."""
+    """After an answer the server gets at most what it said was left, or what was already sent."""
+    # A server with fixed windows, network delays both ways (responses out of order) and random
+    # releases; with no assumption on the network, and with in_transit bounding the delays.
     sim = _Sim(quota, window)
     budget = ServerBudget(in_transit=in_transit)
     events: list[tuple[float, int, str, object]] = []
