@@ -7,6 +7,7 @@ The tree::
     ├── UnknownTaskError (also ValueError)     submit() of a task nobody registered
     ├── UnknownServiceError (also ValueError)  a task uses a service nobody declared
     ├── InvalidRateError (also ValueError)     a rate string that does not parse
+    ├── CostTooLargeError (also ValueError)    a work's estimate exceeds a cost window's limit
     ├── WorkNotFound (also KeyError)           an id the cue does not know (or no longer keeps)
     ├── WorkCancelled                          wait() on work that was cancelled
     ├── LeaseLost                              its store lease or claim ran out while it ran
@@ -20,6 +21,7 @@ The tree::
 from __future__ import annotations
 
 __all__ = [
+    "CostTooLargeError",
     "CueStateError",
     "HandlerTimeout",
     "InvalidRateError",
@@ -54,6 +56,10 @@ class UnknownServiceError(RuncueError, ValueError):
 
 class InvalidRateError(RuncueError, ValueError):
     """A rate string such as ``"60/min"`` did not parse."""
+
+
+class CostTooLargeError(RuncueError, ValueError):
+    """A work's estimated cost is above a cost window's whole limit: it could never start."""
 
 
 class WorkNotFound(RuncueError, KeyError):
