@@ -8,11 +8,13 @@ from ._artifacts import Artifact as Artifact
 from ._artifacts import File as File
 from ._artifacts import atomic_write as atomic_write
 from ._cue import Cue as Cue
+from ._errors import CostTooLargeError as CostTooLargeError
 from ._errors import CueStateError as CueStateError
 from ._errors import HandlerTimeout as HandlerTimeout
 from ._errors import InvalidRateError as InvalidRateError
 from ._errors import LeaseLost as LeaseLost
 from ._errors import PendingTimeout as PendingTimeout
+from ._errors import QuotaExhausted as QuotaExhausted
 from ._errors import RateLimited as RateLimited
 from ._errors import RuncueError as RuncueError
 from ._errors import StallTimeout as StallTimeout
@@ -38,6 +40,7 @@ from ._store import Grant as Grant
 from ._store import Store as Store
 from ._task import Backoff as Backoff
 from ._task import TaskSpec as TaskSpec
+from ._tenants import Tenants as Tenants
 from ._timeline import Timeline as Timeline
 from ._timeline import trace as trace
 from ._work import PriorityContext as PriorityContext
@@ -49,6 +52,7 @@ __version__ = "0.3.0"
 __all__ = [
     "Artifact",
     "Backoff",
+    "CostTooLargeError",
     "Cue",
     "EVENT_KINDS",
     "File",
@@ -60,6 +64,7 @@ __all__ = [
     "Instrumentation",
     "InvalidRateError",
     "LeaseLost",
+    "QuotaExhausted",
     "PendingTimeout",
     "PriorityContext",
     "RateLimited",
@@ -71,6 +76,7 @@ __all__ = [
     "StallTimeout",
     "Store",
     "TaskSpec",
+    "Tenants",
     "Timeline",
     "UnknownServiceError",
     "UnknownTaskError",

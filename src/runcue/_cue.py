@@ -71,6 +71,35 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def _share_and_cost(work: WorkUnit, spec: TaskSpec, service: Service, tenant: Any) -> None:
+    """The work's tenant and cost estimate, for the few works that have them (submit())."""
+    tenants = service.tenants
+    if tenant is None and tenants is not None and tenants.key is not None:
+        try:
+            tenant = tenants.key(work)
+        except Exception as exc:
+            msg = f"{service.label}: its Tenants(key=...) raised for {work.params!r}: {exc!r}"
+            raise TypeError(msg) from exc
+    if tenant is not None:
+        try:
+            hash(tenant)
+        except TypeError:
+            msg = f"a tenant must be hashable (a name, a number), got {tenant!r}"
+            raise TypeError(msg) from None
+        work._more().tenant = tenant
+        if tenants is None:
+            service.use_tenants()  # the first tenant: the queue goes round robin from now on
+    cost = spec.cost
+    if cost is not None and service.cost is not None:
+        if callable(cost):
+            try:
+                cost = cost(work)
+            except Exception as exc:
+                msg = f"task {spec.name!r}: its cost= function raised for {work.params!r}: {exc!r}"
+                raise TypeError(msg) from exc
+        work._more().cost = service.cost.limiter.check(cost)
+
+
 class Cue(Registry, Lifecycle):
     """Runs interdependent, rate-limited work inside your program.
 
@@ -185,8 +214,12 @@ class Cue(Registry, Lifecycle):
         *,
         priority: float | None = None,
         key: Any = None,
+        tenant: Any = None,
     ) -> str:
         """Queue work for ``task``; returns its id.
+
+        ``tenant``: whose share of the service this work runs in (any hashable value): the
+        service's waiting work is then served round robin across tenants (see ``Tenants``).
 
         Every call creates a new work unit with its own id, unless de-duplication was asked
         for: work with the same ``key`` as pending or running work of the same task, or, for
@@ -202,6 +235,8 @@ class Cue(Registry, Lifecycle):
 
         :raises UnknownTaskError: for a task nobody registered.
         :raises TypeError: when params is not a mapping.
+        :raises CostTooLargeError: (a ``ValueError``) when the task's cost estimate for this
+            work is above a whole cost window of its service: it could never start.
         :raises CueStateError: after ``stop()``.
         """
         now: float | None = None
@@ -280,6 +315,9 @@ class Cue(Registry, Lifecycle):
             created_at=time.time(),
         )
         work._task = spec
+        service = self._services[spec.service]
+        if tenant is not None or spec.cost is not None or service.tenants is not None:
+            _share_and_cost(work, spec, service, tenant)
         if spec.declares:
             try:
                 work._inputs = resolve(spec.inputs, work)
@@ -306,6 +344,7 @@ class Cue(Registry, Lifecycle):
         *,
         priority: float | None = None,
         key: Any = None,
+        tenant: Any = None,
     ) -> str:
         """``submit()`` from another thread (a sync handler, a GUI or a plain thread).
 
@@ -327,7 +366,8 @@ class Cue(Registry, Lifecycle):
             )
             raise CueStateError(msg)
         return anyio.from_thread.run(
-            functools.partial(self.submit, task, params, priority=priority, key=key), token=token
+            functools.partial(self.submit, task, params, priority=priority, key=key, tenant=tenant),
+            token=token,
         )
 
     def _find(self, work_id: str) -> WorkUnit | None:

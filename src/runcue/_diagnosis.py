@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._artifacts import artifact_key
 from ._artifacts import describe as describe_artifact
-from ._limits import LimitState, RateLimit
 from ._queues import CHECKING, DELAYED, INTAKE, PARKED, QUEUED
-from ._stats import CueStats, RateWindowStats, ServiceStats
+from ._stats import CueStats, LimitState, RateWindowStats, ServiceStats
 from ._work import WorkState, WorkUnit
 
 if TYPE_CHECKING:
@@ -132,12 +131,7 @@ def stats(engine: Scheduler, *, running: bool) -> CueStats:
                 windows = tuple(RateWindowStats(s.limit, s.period, 0) for s in service.rate.specs)
         if running:
             for limit in service.admission.limits:
-                if isinstance(limit, RateLimit):
-                    limits.extend(limit.windows(now))
-                else:
-                    state = limit.state(now)
-                    if state is not None:
-                        limits.append(state)
+                limits.extend(limit.states(now))
         services[name] = ServiceStats(
             name=name,
             concurrent=service.concurrent,

@@ -17,12 +17,14 @@ run every ``BATCH_MAX`` works or ``WALK_SLICE`` seconds, so it never holds the l
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
 import anyio.lowlevel
 
 from ._checks import RUN, Verdict
+from ._errors import QuotaExhausted
 from ._queues import CHECKING
 from ._work import WorkUnit
 
@@ -146,6 +148,8 @@ class Dispatcher:
                 return None  # a runner being woken takes it on (hand_on)
             free = service.free_slots()
             if free <= 0:
+                if self._give_up_head(service):
+                    continue  # it failed at once (max_wait); the next one may too
                 break
             batched = checks.active and not checks.inline
             if batched and take and not checks.runs_here:
@@ -177,6 +181,8 @@ class Dispatcher:
                     continue
                 handed = await self._admit(work, service)
                 if handed is None:
+                    if self._give_up(work, service):
+                        continue  # a spent window: it failed at once (max_wait)
                     now = engine.clock()
                     for rest in batch[index:]:
                         if rest._where == CHECKING:
@@ -248,6 +254,52 @@ class Dispatcher:
         work._holds = holds
         engine.mark_running(work, service)
         return work
+
+    def _give_up_head(self, service: Service) -> bool:
+        """The service has no room: its next work fails now if a spent window keeps it
+        waiting past its ``max_wait`` (True)."""
+        head = service.queue.head()
+        if head is None or (head._task.max_wait is None and service.max_wait is None):
+            return False
+        if not self._overruns(head, service):
+            return False
+        taken = service.queue.pop()
+        assert taken is head
+        head._where = CHECKING
+        return self._give_up(head, service)
+
+    def _overruns(self, work: WorkUnit, service: Service) -> bool:
+        limit = work._task.max_wait
+        if limit is None:
+            limit = service.max_wait
+        if limit is None:
+            return False
+        now = self.engine.clock()
+        ready = max(service.queue.ready_at(now), service.admission.ready_at(work, now))
+        return ready != math.inf and ready - now > limit
+
+    def _give_up(self, work: WorkUnit, service: Service) -> bool:
+        """A work refused admission: with a ``max_wait`` that a spent window overruns, it
+        fails now with ``QuotaExhausted`` (True) instead of waiting hours."""
+        limit = work._task.max_wait
+        if limit is None:
+            limit = service.max_wait
+        if limit is None or work._where != CHECKING:
+            return False
+        engine = self.engine
+        now = engine.clock()
+        ready = service.admission.ready_at(work, now)
+        if not (ready - now > limit) or ready == math.inf:
+            return False  # (inf: a finishing handler frees it, not a window)
+        reason = service.admission.blocked(work, now)
+        why = reason[1] if reason is not None else f"{service.label}'s limits are spent"
+        error = QuotaExhausted(
+            f"Quota exhausted: work {work.id} ({work.task}) cannot start within"
+            f" max_wait={limit:g}s: {why}",
+            frees_in=ready - now,
+        )
+        engine.outcomes.fail_pending(work, error)
+        return True
 
     def settle(
         self, work: WorkUnit, service: Service, verdict: Verdict, *, asked_inline: bool = True

@@ -11,6 +11,7 @@ The tree::
     ├── WorkNotFound (also KeyError)           an id the cue does not know (or no longer keeps)
     ├── WorkCancelled                          wait() on work that was cancelled
     ├── LeaseLost                              its store lease or claim ran out while it ran
+    ├── QuotaExhausted                         a spent window keeps it waiting past max_wait
     ├── WorkTimeout (also TimeoutError)
     │   ├── PendingTimeout                     waited longer than ``pending_timeout``
     │   ├── StallTimeout                       nothing progressed for ``stall_timeout``
@@ -20,12 +21,15 @@ The tree::
 
 from __future__ import annotations
 
+import math
+
 __all__ = [
     "CostTooLargeError",
     "CueStateError",
     "HandlerTimeout",
     "InvalidRateError",
     "LeaseLost",
+    "QuotaExhausted",
     "PendingTimeout",
     "RateLimited",
     "RuncueError",
@@ -77,6 +81,17 @@ class LeaseLost(RuncueError):
     """The work's lease (a shared service's slot) or claim (its key) in the store could not be
     renewed before it expired: the handler was cancelled before another process could take
     the slot, and the attempt failed with this error (retried when ``retry`` allows)."""
+
+
+class QuotaExhausted(RuncueError):
+    """The work could not start within its ``max_wait`` because a window of its service (a
+    rate, a cost budget, what the server said is left) is spent until later: it failed at
+    once instead of waiting. The message names the window and when it frees; ``frees_in``
+    is the seconds until then."""
+
+    def __init__(self, message: str, frees_in: float = math.inf) -> None:
+        super().__init__(message)
+        self.frees_in = frees_in
 
 
 class WorkTimeout(RuncueError, TimeoutError):

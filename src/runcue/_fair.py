@@ -287,19 +287,20 @@ class FairQueue(Generic[T]):
             return tenant
         return None
 
-    def pop(self, now: float, is_live: IsLive[T]) -> Entry[T] | None:
+    def pop(self, now: float, is_live: IsLive[T], *, reserve: bool = True) -> Entry[T] | None:
         """Take the next entry: the first live one of the next eligible tenant in the round.
 
         For a tenant with a rate this reserves a start: :meth:`commit` it when the work
-        starts, :meth:`release` it if it will not. None if no tenant can be served now (see
-        :meth:`next_ready_at`).
+        starts, :meth:`release` it if it will not. With ``reserve=False`` nothing is reserved
+        here: the caller reserves later (:meth:`reserve`), once it knows the work will start.
+        None if no tenant can be served now (see :meth:`next_ready_at`).
         """
         tenant = self._select(now, is_live)
         if tenant is None:
             if self._idle or self._expiring:
                 self._sweep()
             return None
-        if tenant.limiter is not None:
+        if reserve and tenant.limiter is not None:
             tenant.limiter.try_reserve()
         entries = tenant.entries
         entry = heapq.heappop(entries)
@@ -334,6 +335,25 @@ class FairQueue(Generic[T]):
         while held and not (held[0][3].token == held[0][2] and held[0][3].state == _HELD):
             heapq.heappop(held)
         return held[0][0] if held else math.inf
+
+    def reserve(self, tenant: Hashable, now: float) -> bool:
+        """Reserve a start of ``tenant`` (popped with ``reserve=False``) if its rate admits one
+        now; True when reserved (or the tenant has no rate), False when its rate is spent."""
+        state = self._tenants.get(tenant)
+        if state is None:
+            # Forgotten since its pop (idle, with an empty window): a fresh one counts.
+            if self._rates.get(tenant, self._default_rate) is None:
+                return True
+            state = self._tenant(tenant)
+        if state.limiter is None:
+            return True
+        self._now = now
+        return state.limiter.try_reserve()
+
+    def rate_of(self, tenant: Hashable) -> RateLimiter | None:
+        """The tenant's rate limiter, if it has one (for ``stats()`` and ``explain()``)."""
+        state = self._tenants.get(tenant)
+        return None if state is None else state.limiter
 
     def commit(self, tenant: Hashable, now: float) -> bool:
         """A popped entry of ``tenant`` really starts now. True if that may make a tenant

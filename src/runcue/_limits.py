@@ -53,6 +53,7 @@ __all__ = [
     "RateLimit",
     "StoreLimit",
     "bind_limits",
+    "span",
 ]
 
 NO_HOLD = True  # the hold of a limit that reserved nothing for this work (but admits it)
@@ -95,6 +96,11 @@ class Limit:
     def state(self, now: float) -> LimitState | None:
         return None
 
+    def states(self, now: float) -> list[LimitState]:
+        """What ``stats()`` shows of this limit: one entry per window it keeps."""
+        state = self.state(now)
+        return [] if state is None else [state]
+
     async def reserve_async(self, work: WorkUnit) -> Any:  # pragma: no cover - store only
         return NO_HOLD
 
@@ -109,6 +115,24 @@ class Limit:
         """A run starts: the cue's task group's ``start_soon`` and the scheduler's wake-up,
         for a limit that waits for something itself or frees room for others."""
         return None
+
+
+def span(seconds: float) -> str:
+    """A duration in words a person reads at a glance: ``0.25s``, ``42s``, ``5m 12s``,
+    ``3h 20m``, ``2d 4h``."""
+    if seconds == math.inf:
+        return "an unknown time"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    whole = round(seconds)
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s"
 
 
 def _label(service_name: str | None) -> str:
@@ -143,7 +167,7 @@ class PauseLimit(Limit):
     def blocked(self, work: WorkUnit, now: float) -> tuple[str, str] | None:
         if self.until > now:
             left = self.until - now
-            return ("paused", f"{self.label} is paused (RateLimited) for another {left:.3g}s")
+            return ("paused", f"{self.label} is paused (RateLimited) for another {span(left)}")
         return None
 
     def state(self, now: float) -> LimitState | None:
@@ -184,14 +208,11 @@ class RateLimit(Limit):
         if next_free > now:
             return (
                 "rate_limited",
-                f"{self.label} used its rate {self.text!r}; next slot in {next_free - now:.3g}s",
+                f"{self.label} used its rate {self.text!r}; next slot in {span(next_free - now)}",
             )
         return None
 
-    def state(self, now: float) -> LimitState | None:  # pragma: no cover - see windows()
-        return None
-
-    def windows(self, now: float) -> list[LimitState]:
+    def states(self, now: float) -> list[LimitState]:
         ready = max(0.0, self.rate.next_free(now) - now)
         return [
             LimitState("rate", f"{spec.limit}/{spec.period:g}s", used, spec.limit, ready)
@@ -241,7 +262,7 @@ class StoreLimit(Limit):
             return (
                 "shared_limit",
                 f"{self.label}'s shared limits (all processes) are used up; asking again in"
-                f" {service.shared_wait_until - now:.3g}s",
+                f" {span(service.shared_wait_until - now)}",
             )
         return None
 

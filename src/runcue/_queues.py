@@ -115,6 +115,23 @@ class WorkQueue:
         if not self.live:
             self.heap.clear()
 
+    def ready_at(self, now: float) -> float:
+        """When the queue can hand out its next work as far as time decides (-inf: now)."""
+        return -math.inf
+
+    def drain(self) -> list[tuple[float, WorkUnit]]:
+        """Take every live work out, with its order key (to move them to another queue)."""
+        live = [
+            (key, work)
+            for key, _, token, work in self.heap
+            if work._where == QUEUED and work._token == token
+        ]
+        self.heap = []
+        self.live = 0
+        for _, work in live:
+            work._where = NOWHERE
+        return live
+
     def entries(self) -> Iterator[WorkUnit]:
         """The live works, in no particular order."""
         for _, _, token, work in self.heap:

@@ -7,7 +7,7 @@ scheduler rebuilds its admission); a task name is registered once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -18,6 +18,8 @@ from ._hooks import Hooks
 from ._lifecycle import RUNNING, STOPPING
 from ._service import Service
 from ._task import Backoff, RetryOn, TaskSpec, is_async_callable
+from ._tenants import Tenants
+from ._work import WorkUnit
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
@@ -52,6 +54,10 @@ class Registry:
         rate: str | None = None,
         concurrent: int | None = None,
         shared: bool = False,
+        costs: Mapping[str, str] | None = None,
+        adaptive: bool = False,
+        tenants: Tenants | None = None,
+        max_wait: float | None = None,
     ) -> None:
         """Declare a service, or change its limits (also while running).
 
@@ -60,8 +66,19 @@ class Registry:
         :param concurrent: at most this many handlers of the service run at once.
         :param shared: keep these limits in the cue's ``store``, shared by every process
             that uses the same store and namespace.
-        :raises ValueError: (``InvalidRateError``) for a rate that does not parse, or a bad
-            ``concurrent``.
+        :param costs: cost windows per dimension in the rate grammar, e.g. ``{"tokens":
+            "90000/min;2000000/day"}``: at most that much of each dimension in any window,
+            counted on each work's estimate (``@cue.task(cost=...)``) and settled on its
+            actual cost (``work.charge(...)``).
+        :param adaptive: learn how many calls may run at once, between 1 and
+            ``concurrent``: halve on ``RateLimited`` or a timeout, grow while calls succeed.
+        :param tenants: share the service fairly between tenants (``submit(...,
+            tenant=)``): a :class:`runcue.Tenants` with weights and per-tenant rates.
+        :param max_wait: fail work at once (``QuotaExhausted``) when a spent window (a rate,
+            a cost budget, what the server said is left) keeps it from starting for longer
+            than this many seconds; a task's own ``max_wait`` wins.
+        :raises ValueError: (``InvalidRateError``) for a rate or cost window that does not
+            parse, or a bad ``concurrent``.
         """
         if not isinstance(name, str) or not name:
             msg = f"a service name must be a non-empty string, got {name!r}"
@@ -72,9 +89,17 @@ class Registry:
                 " with runcue.Cue(store=runcue.RedisStore(...))"
             )
             raise ValueError(msg)
+        wait = check_seconds(f"service {name!r}: max_wait", max_wait)
         existing = self._services.get(name)
         service = existing or Service(name, clock=anyio.current_time)
-        service.configure(rate=rate, concurrent=concurrent)  # validates before anything changes
+        service.configure(  # validates everything before anything changes
+            rate=rate,
+            concurrent=concurrent,
+            costs=costs,
+            adaptive=adaptive,
+            tenants=tenants,
+            max_wait=wait,
+        )
         service.shared = shared
         if existing is None:
             self._services[name] = service
@@ -95,6 +120,9 @@ class Registry:
         max_age: float | None = None,
         delete_on_error: bool = True,
         dedup: bool = False,
+        cost: Mapping[str, float] | Callable[[WorkUnit], Mapping[str, float]] | None = None,
+        actual_cost: Callable[[WorkUnit, Any], Mapping[str, float] | None] | None = None,
+        max_wait: float | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated function (sync or async) as the handler of task ``name``.
 
@@ -112,6 +140,12 @@ class Registry:
             this task as that same work (its id is returned, nothing new is queued). Off by
             default: every ``submit()`` is a new work unit. ``key=`` on ``submit()`` always
             de-duplicates, with or without this.
+        :param cost: each work's estimated cost in its service's cost windows: a mapping such
+            as ``{"tokens": 1200}``, or a function of the work returning one. Checked at
+            ``submit()``: an estimate above a window's whole limit is refused there.
+        :param actual_cost: ``(work, result) -> mapping``: the attempt's actual cost, asked
+            after it succeeded (``work.charge(...)`` inside the handler does the same).
+        :param max_wait: see :meth:`service`; this task's work only.
         """
         if not isinstance(name, str) or not name:
             msg = f"a task name must be a non-empty string, got {name!r}"
@@ -151,6 +185,8 @@ class Registry:
             raise TypeError(msg)
         limit = check_seconds(f"task {name!r}: timeout", timeout)
         age = check_seconds(f"task {name!r}: max_age", max_age)
+        wait = check_seconds(f"task {name!r}: max_wait", max_wait)
+        self._check_costs(name, uses, cost, actual_cost)
         for label, spec in (("inputs", inputs), ("outputs", outputs)):
             if spec is not None and not (isinstance(spec, str) or callable(spec)):
                 msg = (
@@ -167,6 +203,10 @@ class Registry:
                 name=name,
                 handler=handler,
                 is_async=is_async_callable(handler),
+                cost=cost,
+                actual_cost=actual_cost,
+                max_wait=wait,
+                observer=self._services[uses].observe,
                 service=uses,
                 retry=retry,
                 backoff=policy,
@@ -184,6 +224,32 @@ class Registry:
             return handler
 
         return register
+
+    def _check_costs(self, name: str, uses: str | None, cost: object, actual_cost: object) -> None:
+        if cost is None and actual_cost is None:
+            return
+        service = self._services[uses]
+        if service.cost is None:
+            msg = (
+                f"task {name!r}: cost= and actual_cost= count against the cost windows of its"
+                f" service, and {service.label} declares none; declare them with"
+                f" cue.service({uses!r}, costs={{'tokens': '90000/min'}})"
+            )
+            raise ValueError(msg)
+        if cost is not None and not callable(cost):
+            if not isinstance(cost, Mapping):
+                msg = (
+                    f"task {name!r}: cost must be a mapping such as {{'tokens': 1200}} or a"
+                    f" function of the work returning one, got {cost!r}"
+                )
+                raise TypeError(msg)
+            service.cost.limiter.check(cost)  # a constant too large is refused right here
+        if actual_cost is not None and not callable(actual_cost):
+            msg = (
+                f"task {name!r}: actual_cost must be a function (work, result) -> mapping,"
+                f" got {actual_cost!r}"
+            )
+            raise TypeError(msg)
 
     def get_task(self, name: str) -> TaskSpec | None:
         """The registration of task ``name``, or None."""

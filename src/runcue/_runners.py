@@ -92,6 +92,22 @@ class _ThreadCall:
             return True
 
 
+def _charge_actual(work: WorkUnit, spec: TaskSpec, result: Any) -> None:
+    """The task's ``actual_cost(work, result)``, as if the handler had charged it."""
+    assert spec.actual_cost is not None
+    try:
+        actual = spec.actual_cost(work, result)
+        if actual:
+            work._more().charged = None
+            work.charge(**actual)
+    except Exception:
+        logger.exception(
+            "runcue: the actual_cost function of task %r raised for %s; its estimate stands",
+            spec.name,
+            work,
+        )
+
+
 class Runners:
     """The runner tasks of every service, and the attempts they run."""
 
@@ -232,6 +248,8 @@ class Runners:
             if news and service.queue.live:
                 engine.wake()
             committed = True
+            if work._extra is not None:
+                work._extra.charged = None  # (charges count per attempt)
             if not spec.is_async:
                 call = _ThreadCall()
             guard = None if engine.fleet is None else engine.fleet.guard(work)
@@ -257,6 +275,8 @@ class Runners:
             error = exc
         now = engine.clock()
         duration = now - begun
+        if error is None and spec.actual_cost is not None:
+            _charge_actual(work, spec, result)
         still_running = call is not None and call.abandon()
         if still_running:
             service.abandoned += 1

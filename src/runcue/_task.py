@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, Union
 
@@ -80,6 +80,14 @@ class TaskSpec:
     delete_on_error: bool = True
     dedup: bool = False
     """Equal params mean the same work: a submit equal to live work returns its id."""
+    cost: Mapping[str, float] | Callable[[Any], Mapping[str, float]] | None = None
+    """Each work's estimated cost per dimension of its service's cost windows."""
+    actual_cost: Callable[[Any, Any], Mapping[str, float] | None] | None = None
+    """``(work, result) -> actual cost``, asked after a successful attempt."""
+    max_wait: float | None = None
+    """Fail work at once that a spent window keeps from starting for longer than this."""
+    observer: Callable[[Any, Any], None] | None = field(default=None, repr=False, compare=False)
+    """The service's ``observe`` (``work.observe(headers)`` reaches it)."""
 
     declares: bool = field(init=False, repr=False, compare=False)
     """True when the task declares inputs or outputs (the checks derive from them)."""

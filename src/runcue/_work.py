@@ -41,10 +41,14 @@ class WorkUnit:
     The public fields are ``id``, ``task``, ``params``, ``attempt``, ``priority``, ``key``,
     ``state``, ``result``, ``error`` (the failure's message), ``exception`` (the failure
     itself), ``skipped``, ``fencing_token`` (with a store: the token of the claim on its key,
-    else of its shared service's lease; None without), and the wall-clock timestamps
-    ``created_at``, ``started_at`` and ``completed_at`` (``time.time()`` values, for logs and
-    display). runcue changes them; treat
-    them as read-only. Attributes starting with ``_`` belong to the scheduler.
+    else of its shared service's lease; None without), ``tenant`` (whose share of its service
+    it runs in; None without), ``cost`` (its estimated cost, for a service with cost
+    windows) and the wall-clock timestamps ``created_at``, ``started_at`` and
+    ``completed_at`` (``time.time()`` values, for logs and display). runcue changes them;
+    treat them as read-only. Attributes starting with ``_`` belong to the scheduler.
+
+    A handler reports what its call really cost with :meth:`charge`, and what the server said
+    about its limits with :meth:`observe`.
     """
 
     __slots__ = (
@@ -52,6 +56,7 @@ class WorkUnit:
         "_cancel_requested",
         "_dedup_key",
         "_enqueued",
+        "_extra",
         "_holds",
         "_inputs",
         "_missing",
@@ -66,7 +71,6 @@ class WorkUnit:
         "completed_at",
         "created_at",
         "exception",
-        "fencing_token",
         "id",
         "key",
         "params",
@@ -87,7 +91,6 @@ class WorkUnit:
     state: WorkState
     result: Any
     exception: BaseException | None
-    fencing_token: int | None
     skipped: bool
     created_at: float
     started_at: float | None
@@ -106,6 +109,7 @@ class WorkUnit:
     _task: Any  # the TaskSpec
     _where: int  # which scheduler structure holds it (see _queues.py)
     _holds: Any  # while admitted: its admission's holds (see _limits.Admission)
+    _extra: WorkExtra | None  # the fields few works use (made on first need)
     _token: int  # bumped on every enqueue; stale heap entries carry an older one
 
     def __init__(
@@ -136,7 +140,7 @@ class WorkUnit:
         self.state = state
         self.result = result
         self.exception = None if error is None else Exception(error)
-        self.fencing_token = None
+        self._extra = None
         self.skipped = False
         self.created_at = created_at
         self.started_at = started_at
@@ -162,6 +166,68 @@ class WorkUnit:
         text = str(self.exception)
         return text or type(self.exception).__name__
 
+    def _more(self) -> WorkExtra:
+        extra = self._extra
+        if extra is None:
+            extra = self._extra = WorkExtra()
+        return extra
+
+    @property
+    def fencing_token(self) -> int | None:
+        """With a store: the fencing token of the claim on its key, else of its shared
+        service's lease, for the systems its handler writes to (see README); else None."""
+        extra = self._extra
+        return None if extra is None else extra.fencing_token
+
+    @fencing_token.setter
+    def fencing_token(self, token: int | None) -> None:
+        self._more().fencing_token = token
+
+    @property
+    def tenant(self) -> Any:
+        """Whose share of its service this work runs in (``submit(..., tenant=)``)."""
+        extra = self._extra
+        return None if extra is None else extra.tenant
+
+    @property
+    def cost(self) -> Mapping[str, float] | None:
+        """Its estimated cost per dimension (``@cue.task(cost=...)``), or None."""
+        extra = self._extra
+        return None if extra is None else extra.cost
+
+    def charge(self, **amounts: float) -> None:
+        """Report what this attempt really cost, e.g. ``work.charge(tokens=usage.total)``:
+        the service's cost windows count the actual instead of the estimate from when the
+        attempt started (a refund frees room at once; more than estimated is counted too).
+        Charges within one attempt add up; a dimension never charged keeps its estimate.
+
+        :raises ValueError: an amount that is not a finite number >= 0.
+        """
+        for name, amount in amounts.items():
+            if (
+                isinstance(amount, bool)
+                or not isinstance(amount, (int, float))
+                or not (amount >= 0 and amount != float("inf"))
+            ):
+                msg = f"work.charge({name}=...) needs a number >= 0, got {amount!r}"
+                raise ValueError(msg)
+        extra = self._more()
+        charged = extra.charged
+        if charged is None:
+            charged = extra.charged = {}
+        for name, amount in amounts.items():
+            charged[name] = charged.get(name, 0.0) + float(amount)
+
+    def observe(self, headers: Any) -> None:
+        """Tell the cue what the server said about its limits: the response's headers
+        (a mapping or a list of pairs; OpenAI/Anthropic ``x-ratelimit-*``, GitHub's, the
+        IETF ``RateLimit-*`` fields, ``retry-after``). The service's limits tighten to what
+        the server says is left until its reset -- never looser than declared -- and a
+        ``retry-after`` pauses the service. Malformed headers are ignored."""
+        observer = self._task.observer if self._task is not None else None
+        if observer is not None:
+            observer(self, headers)
+
     @property
     def task_type(self) -> str:
         """The task's name (an older spelling of :attr:`task`)."""
@@ -173,6 +239,18 @@ class WorkUnit:
             f"<WorkUnit {self.id} task={self.task!r} state={self.state.value}{extra} "
             f"attempt={self.attempt}>"
         )
+
+
+class WorkExtra:
+    """What few works carry: kept aside, so a plain work costs no memory for it."""
+
+    __slots__ = ("charged", "cost", "fencing_token", "tenant")
+
+    def __init__(self) -> None:
+        self.fencing_token: int | None = None
+        self.tenant: Any = None
+        self.cost: dict[str, float] | None = None  # the estimate, checked at submit
+        self.charged: dict[str, float] | None = None  # what the handler reported this attempt
 
 
 @dataclass(frozen=True)
