@@ -32,7 +32,7 @@ def most_in_any_window(events: list[tuple[float, float]], period: float) -> floa
     for index, (end, _) in enumerate(events):
         total = 0.0
         for when, amount in events[: index + 1]:
-            if when > end - period:
+            if when + period > end:  # (as the windows compute it: a start leaves at + period)
                 total += amount
         most = max(most, total)
     return most
