@@ -18,6 +18,14 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # (script, arguments, patterns its standard output must contain: re.search, one per line)
 CASES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
+    (
+        "llm_tokens.py",
+        (),
+        (
+            r"runcue: 120 answers, [\d,]+ tokens, \d+ 429s met; the other app: [\d,]+ tokens",
+            r"server: most [\d,]+ of 6,000 tokens and \d+ of 40 requests accepted in any 2s",
+        ),
+    ),
     ("pipeline.py", (), (r"first run: 8 completed, 0 failed; second run: 8 skipped",)),
     ("pipeline.py", ("trio",), (r"second run: 8 skipped, 0 completed",)),
     (

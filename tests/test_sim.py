@@ -638,3 +638,19 @@ def test_closed_output_ends_the_run_quietly() -> None:
             if process.poll() is None:
                 process.kill()
     assert code == 141
+
+
+def test_the_llm_scenario_keeps_the_fake_api_within_its_limits(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """runcue-sim --scenario llm: every call answered, and the fake server never accepted
+    more requests or tokens in a window than its limits."""
+    limits = ["-r", "20/sec", "--tokens", "4000/sec", "-l", "20"]
+    code = main(["--scenario", "llm", "-n", "30", *limits, "--json", "--no-tui", "--seed", "3"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    server = data["server"]
+    assert data["works"]["completed"] == 30
+    assert server["most_tokens_in_window"] <= server["tokens_limit"] == 4000
+    assert server["most_requests_in_window"] <= server["requests_limit"] == 20
+    assert server["answered"] == 30

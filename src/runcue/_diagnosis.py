@@ -129,9 +129,13 @@ def stats(engine: Scheduler, *, running: bool) -> CueStats:
                 next_free = max(0.0, service.rate.next_free(now) - now)
             else:
                 windows = tuple(RateWindowStats(s.limit, s.period, 0) for s in service.rate.specs)
+        blocked = None
         if running:
             for limit in service.admission.limits:
                 limits.extend(limit.states(now))
+            head = service.queue.head() if service.queue.live else None
+            if head is not None:
+                blocked = service.admission.blocked(head, now)
         services[name] = ServiceStats(
             name=name,
             concurrent=service.concurrent,
@@ -150,6 +154,7 @@ def stats(engine: Scheduler, *, running: bool) -> CueStats:
             shared=service.shared,
             store_error=service.store_error,
             limits=tuple(limits),
+            blocked=blocked,
         )
     if running:
         elapsed = now - engine.started_at

@@ -204,7 +204,7 @@ class RateLimit(Limit):
         return self.rate.next_free(now)
 
     def blocked(self, work: WorkUnit, now: float) -> tuple[str, str] | None:
-        next_free = self.rate.next_free()
+        next_free = self.rate.next_free(now)
         if next_free > now:
             return (
                 "rate_limited",

@@ -19,7 +19,7 @@ import anyio
 from ._events import WorkEvent
 from ._fit import FittedTable, PackedLine, ProgressLine
 from ._hooks import logger
-from ._stats import CueStats, RateWindowStats, ServiceStats
+from ._stats import CueStats, ServiceStats
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -97,6 +97,10 @@ def _state(service: ServiceStats) -> Text:
 
     if service.paused_for > 0:
         return Text(f"paused {service.paused_for:.1f}s", style="bold yellow")
+    blocked = service.blocked
+    if service.pending and blocked is not None and blocked[0] == "cost_limited":
+        dimension = blocked[1].split("waiting for ", 1)[-1].split(":", 1)[0]
+        return Text(f"waiting for {dimension}", style="yellow")
     if service.concurrent is not None and service.running >= service.concurrent:
         return Text("full", style="yellow")
     # A free slot can read as a few microseconds away: the snapshot's clock reads differ.
@@ -113,13 +117,28 @@ def _duration(seconds: float) -> str:
     return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
 
 
-def _rate_use(windows: tuple[RateWindowStats, ...], *, bars: bool) -> Text:
-    """Each rate window's use on a line: ``48/60/min``, or with a bar, ``███░ 48/60 per min``."""
+def _rate_use(service: ServiceStats, *, bars: bool) -> Text:
+    """Each rate window's use on a line: ``48/60/min``, or with a bar, ``███░ 48/60 per min``;
+    then each cost window's: ``7,210/10,000 tokens/min``."""
     from rich.text import Text
 
-    if not windows:
+    windows = service.windows
+    costs = [limit for limit in service.limits if limit.kind == "cost"]
+    if not windows and not costs:
         return Text("-", style="dim")
     lines = Text()
+    for index, cost in enumerate(costs):
+        if index:
+            lines.append("\n")
+        dimension, _, spec = cost.name.partition(" ")
+        period = _period(float(spec.split("/", 1)[1].rstrip("s")))
+        if bars:
+            lines.append_text(_bar(cost.used, cost.limit, width=8))
+            lines.append(f" {cost.used:,.0f}/{cost.limit:,.0f} {dimension} per {period}")
+        else:
+            lines.append(f"{cost.used:,.0f}/{cost.limit:,.0f} {dimension}/{period}")
+    if costs and windows:
+        lines.append("\n")
     for index, window in enumerate(windows):
         if index:
             lines.append("\n")
@@ -184,8 +203,8 @@ def _service_cells(service: ServiceStats) -> dict[str, Text]:
         "failed": Text(str(service.failed), style="red" if service.failed else ""),
         "skipped": Text(str(service.skipped)),
         "retried": Text(str(service.retried)),
-        "rate_bar": _rate_use(service.windows, bars=True),
-        "rate": _rate_use(service.windows, bars=False),
+        "rate_bar": _rate_use(service, bars=True),
+        "rate": _rate_use(service, bars=False),
         "state": _state(service),
     }
 

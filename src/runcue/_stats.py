@@ -71,6 +71,8 @@ class ServiceStats:
     """The last error from the store while it is unreachable (None when it answers)."""
     limits: tuple[LimitState, ...] = ()
     """Every limit of the service and what it holds (while the cue runs)."""
+    blocked: tuple[str, str] | None = None
+    """Why its next queued work waits, as ``debug_blocked()`` says it (None: it does not)."""
 
 
 @dataclass(frozen=True)

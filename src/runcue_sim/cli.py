@@ -204,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="handler starts per window, per service, e.g. 20/sec, 600/min, 100/15min",
     )
     limits.add_argument(
+        "--tokens",
+        type=_rate,
+        help="tokens per window of the llm scenario's API, e.g. 20000/min (default: 20000/min)",
+    )
+    limits.add_argument(
         "--stall-timeout",
         type=_number("--stall-timeout", low=0, strict=True),
         help="fail the pending work and exit 1 after this many seconds without progress",
@@ -316,6 +321,7 @@ def _run(args: argparse.Namespace) -> int:
             error_rate=args.error_rate,
             missing_inputs=args.missing_inputs,
             rate=args.rate_limit,
+            tokens=args.tokens,
             concurrent=args.concurrent,
             seed=seed,
         ),

@@ -11,6 +11,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
@@ -43,6 +44,8 @@ class Workload:
     """The rate limit of every service, in runcue's grammar (``"20/sec"``)."""
     concurrent: int | None = 10
     """The concurrency limit of every service."""
+    tokens: str | None = None
+    """The tokens per window of the llm scenario's fake API (``"20000/min"``)."""
     seed: int = 0
 
     @property
@@ -103,6 +106,8 @@ class Sim:
         self.workload = workload
         self.store = ArtifactStore()
         self._runs: Counter[str] = Counter()
+        # What a scenario adds to the summary (the llm scenario: what its server saw).
+        self.report: Callable[[], dict[str, Any]] | None = None
 
     def service(self, cue: runcue.Cue, name: str) -> None:
         """Declare service ``name`` with the limits given on the command line."""

@@ -145,6 +145,10 @@ class FakeLLMStats:
     """400 answers."""
     most_requests_in_window: int = 0
     most_tokens_in_window: float = 0
+    most_requests_accepted: int = 0
+    """The most requests in any window counting only those the server accepted."""
+    most_tokens_accepted: float = 0
+    """The most tokens in any window counting only accepted requests (never above ``tpm``)."""
     tokens_used: int = 0
     """Total tokens of the answered requests."""
 
@@ -254,6 +258,8 @@ class FakeLLM:
             headers["retry-after-ms"] = str(math.ceil(wait * 1000))
             message = f"rate limit reached for {over}; try again in {format_duration(wait)}"
             return 429, headers, {"error": {"type": over, "message": message}}
+        stats.most_requests_accepted = max(stats.most_requests_accepted, requests)
+        stats.most_tokens_accepted = max(stats.most_tokens_accepted, tokens)
         key = str(request.get("id", self._arrivals))
         completion = random.Random(f"{self.seed}/{key}").randint(1, max_tokens)
         self._requests.add(now, 1)

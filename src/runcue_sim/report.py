@@ -209,6 +209,8 @@ class Summary:
     stalls: tuple[StallReport, ...]
     options: dict[str, Any]
     interrupted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    """What the scenario adds (the llm scenario: what its fake server saw)."""
 
     @property
     def stalled(self) -> bool:
@@ -297,6 +299,7 @@ class Summary:
             "stalled": self.stalled,
             "interrupted": self.interrupted,
             "exit_code": self.exit_code,
+            **self.extra,
         }
 
     def render(self) -> RenderableType:
@@ -329,6 +332,15 @@ class Summary:
             f" (submit to finish, {latency['count']} works)",
         )
         head.add_row("run", f"seed {self.seed}, {self.backend}")
+        server = self.extra.get("server")
+        if server is not None:
+            head.add_row(
+                "server",
+                f"most accepted in any {server['period']:g}s window:"
+                f" {server['most_requests_in_window']} of {server['requests_limit']} requests,"
+                f" {server['most_tokens_in_window']:,.0f} of {server['tokens_limit']:,} tokens;"
+                f" {server['rejected_429']} answered 429",
+            )
 
         tasks = Table(box=None, padding=(0, 1), header_style="bold")
         tasks.add_column("task")

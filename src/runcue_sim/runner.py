@@ -70,6 +70,8 @@ class RunState:
     wall_time: float = 0.0
     stop: anyio.CancelScope | None = None
     """Cancelled to end the run early (the output was closed)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """What the scenario adds to the summary."""
 
 
 def stall_warn_after(options: RunOptions) -> float:
@@ -81,10 +83,9 @@ def stall_warn_after(options: RunOptions) -> float:
     if options.stall_warn is not None:
         return options.stall_warn
     workload = options.workload
-    longest_period = (
-        max((spec.period for spec in runcue.parse_rate(workload.rate)), default=0.0)
-        if workload.rate
-        else 0.0
+    rates = [workload.rate or SCENARIOS[options.scenario].default_rate, workload.tokens]
+    longest_period = max(
+        (spec.period for rate in rates if rate for spec in runcue.parse_rate(rate)), default=0.0
     )
     warn = max(MIN_STALL_WARN, 5 * workload.slowest_call, 1.5 * longest_period)
     if options.stall_timeout is not None:
@@ -185,6 +186,8 @@ async def simulate(options: RunOptions, console: Console, state: RunState | None
             finally:
                 state.stats = cue.stats()
                 state.wall_time = anyio.current_time() - state.started
+                if sim.report is not None:
+                    state.extra = sim.report()
     return summarize(options, state, interrupted=state.stop.cancelled_caught)
 
 
@@ -204,4 +207,5 @@ def summarize(options: RunOptions, state: RunState, *, interrupted: bool = False
         stalls=tuple(state.stalls),
         options=options.to_json(),
         interrupted=interrupted,
+        extra=state.extra,
     )

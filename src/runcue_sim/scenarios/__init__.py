@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import runcue
 
 from ..fake import Sim
-from . import dynamic, fanout, pipeline, single_queue
+from . import dynamic, fanout, llm, pipeline, single_queue
 
 __all__ = ["SCENARIOS", "Scenario", "SubmitItem"]
 
@@ -28,9 +28,17 @@ class Scenario:
     description: str
     details: str
     setup: Callable[[runcue.Cue, Sim], SubmitItem]
+    default_rate: str | None = None
+    """The rate its services use when the command line gives none."""
 
 
 SCENARIOS: dict[str, Scenario] = {
-    module.NAME: Scenario(module.NAME, module.DESCRIPTION, module.DETAILS, module.setup)
-    for module in (single_queue, pipeline, fanout, dynamic)
+    module.NAME: Scenario(
+        module.NAME,
+        module.DESCRIPTION,
+        module.DETAILS,
+        module.setup,
+        getattr(module, "DEFAULT_RATE", None),
+    )
+    for module in (single_queue, pipeline, fanout, dynamic, llm)
 }
