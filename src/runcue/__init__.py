@@ -26,6 +26,8 @@ from ._events import WorkEvent as WorkEvent
 from ._graph import GraphReport as GraphReport
 from ._instrument import Instrumentation as Instrumentation
 from ._instrument import instrument as instrument
+from ._plan import Plan as Plan
+from ._plan import PlanEntry as PlanEntry
 from ._progress import progress as progress
 from ._progress import render_stats as render_stats
 from ._rate import RateSpec as RateSpec
@@ -61,6 +63,8 @@ __all__ = [
     "InvalidRateError",
     "LeaseLost",
     "PendingTimeout",
+    "Plan",
+    "PlanEntry",
     "PriorityContext",
     "RateLimited",
     "RateSpec",

@@ -30,6 +30,7 @@ from ._fleet import Fleet
 from ._graph import GraphReport, check_graph
 from ._hooks import Hooks
 from ._lifecycle import RUNNING, STOPPED, STOPPING, Lifecycle
+from ._plan import Plan, make_plan
 from ._registry import Registry, check_seconds
 from ._scheduler import Scheduler
 from ._service import Service
@@ -430,6 +431,16 @@ class Cue(Registry, Lifecycle):
         missing inputs that no pending or running work produces, and cycles of work waiting
         for each other's outputs. ``str(report)`` reads as sentences; ``report.ok``."""
         return check_graph(self._engine)
+
+    # ------------------------------------------------------------------ plan and forecast
+
+    async def plan(self) -> Plan:
+        """What would run, and why, for every work submitted and not yet running -- without
+        calling a handler, on a cue that runs or has not started (see :class:`runcue.Plan`).
+
+        The checks are asked directly: nothing is parked, counted or logged, and a check that
+        raises is reported in the plan. ``print(await cue.plan())`` lists the verdicts."""
+        return await make_plan(self._engine)
 
     def stats(self) -> CueStats:
         """A frozen snapshot of every counter (see :class:`CueStats`)."""
