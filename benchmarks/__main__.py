@@ -32,6 +32,7 @@ from . import (
     b9_pipeline,
     b10_shared_store,
     b13_otel,
+    b14_forecast,
 )
 from ._harness import (
     BACKENDS,
@@ -60,6 +61,7 @@ SCENARIOS: dict[str, ModuleType] = {
         b9_pipeline,
         b10_shared_store,
         b13_otel,
+        b14_forecast,
     )
 }
 
@@ -117,6 +119,11 @@ task group).
   no-op providers: runcue's listener by itself), interleaved; the cost per work is the
   median of the per-round differences over the item count. Informative (no target); skipped
   without `opentelemetry-sdk`.
+- **B14** submits 100,000 works of a 2 s task to one `rate="60/min"` service of a cue that
+  has not started and times `await cue.forecast()` alone (`time.perf_counter()`, submissions
+  not counted). The forecast runs on trio's virtual clock in a worker thread whatever the
+  caller's backend; its finish must be exactly 1,666 x 60 + 2 s (the last window of 60 starts
+  plus one duration).
 """
 
 

@@ -23,6 +23,11 @@ from ._errors import WorkNotFound as WorkNotFound
 from ._errors import WorkTimeout as WorkTimeout
 from ._events import EVENT_KINDS as EVENT_KINDS
 from ._events import WorkEvent as WorkEvent
+from ._forecast import Exponential as Exponential
+from ._forecast import ForecastReport as ForecastReport
+from ._forecast import ServiceForecast as ServiceForecast
+from ._forecast import Uniform as Uniform
+from ._forecast import WaitForecast as WaitForecast
 from ._graph import GraphReport as GraphReport
 from ._instrument import Instrumentation as Instrumentation
 from ._instrument import instrument as instrument
@@ -53,6 +58,8 @@ __all__ = [
     "Backoff",
     "Cue",
     "EVENT_KINDS",
+    "Exponential",
+    "ForecastReport",
     "File",
     "Grant",
     "GraphReport",
@@ -71,13 +78,16 @@ __all__ = [
     "RateWindowStats",
     "RedisStore",
     "RuncueError",
+    "ServiceForecast",
     "ServiceStats",
     "StallTimeout",
     "Store",
     "TaskSpec",
     "Timeline",
+    "Uniform",
     "UnknownServiceError",
     "UnknownTaskError",
+    "WaitForecast",
     "WorkCancelled",
     "WorkEvent",
     "WorkNotFound",

@@ -9,7 +9,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.from_thread
@@ -27,6 +27,7 @@ from ._errors import (
 )
 from ._events import WorkEvent
 from ._fleet import Fleet
+from ._forecast import Duration, ForecastReport, forecast
 from ._graph import GraphReport, check_graph
 from ._hooks import Hooks
 from ._lifecycle import RUNNING, STOPPED, STOPPING, Lifecycle
@@ -441,6 +442,31 @@ class Cue(Registry, Lifecycle):
         The checks are asked directly: nothing is parked, counted or logged, and a check that
         raises is reported in the plan. ``print(await cue.plan())`` lists the verdicts."""
         return await make_plan(self._engine)
+
+    async def forecast(
+        self,
+        durations: Mapping[str, Duration] | None = None,
+        *,
+        default: Duration | None = None,
+        callbacks: Literal["ask", "ignore"] = "ask",
+        seed: int | None = 0,
+    ) -> ForecastReport:
+        """When would the submitted work finish, which service binds, how long does work
+        wait? A copy of this cue -- its services, limits, tasks, checks and dependencies --
+        runs with stand-in handlers on a virtual clock; no handler of yours is called.
+
+        :param durations: seconds per task: a number, ``runcue.Uniform(low, high)``,
+            ``runcue.Exponential(mean)`` or a function of a ``random.Random``. A task not
+            named takes the mean of what this cue measured for it so far, else ``default``.
+        :param callbacks: ``"ask"`` your ``is_ready``/``is_stale`` (they see the real world,
+            which a forecast never changes), or ``"ignore"`` them (every work counts as ready
+            and stale; declarations still apply).
+        :param seed: seeds the distributions and retry jitter (None: a fresh draw each time).
+        :raises ValueError: for a task that is not registered, a bad duration, or a task
+            with pending work and no duration.
+        :raises ImportError: without trio (``pip install 'runcue[trio]'``).
+        """
+        return await forecast(self, durations, default=default, callbacks=callbacks, seed=seed)
 
     def stats(self) -> CueStats:
         """A frozen snapshot of every counter (see :class:`CueStats`)."""
