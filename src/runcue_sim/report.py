@@ -341,13 +341,11 @@ class Summary:
         else:
             head.add_row("wall time", f"{self.wall_time:.3f}s")
         p50, p95 = latency["p50"], latency["p95"]
-        head.add_row(
-            "latency",
-            "-"
-            if p50 is None
-            else f"p50 {_span(p50)}, p95 {_span(p95)}"
-            f" (submit to finish, {latency['count']} works)",
-        )
+        spread = "-"
+        if p50 is not None:
+            spread = f"p50 {_span(p50)}, p95 {_span(p95)}"
+            spread += f" (submit to finish, {latency['count']} works)"
+        head.add_row("latency", spread)
         head.add_row("run", f"seed {self.seed}, {self.backend}")
 
         tasks = Table(box=None, padding=(0, 1), header_style="bold")
