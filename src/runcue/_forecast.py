@@ -71,7 +71,7 @@ import types
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 import anyio.to_thread
@@ -356,9 +356,8 @@ class ForecastReport:
             )
         lines += [f"never started: {line}" for line in self.stuck]
         lines += [f"failed: {count} by {kind}" for kind, count in self.failures.items()]
-        lines.append(
-            "durations: " + ", ".join(f"{task} {text}" for task, text in self.durations.items())
-        )
+        used = ", ".join(f"{task} {text}" for task, text in self.durations.items())
+        lines.append(f"durations: {used or '(no work)'}")
         lines += [f"note: {note}" for note in self.notes]
         lines.append(f"(forecast in {self.wall_time:.2f}s of real time)")
         return "\n".join(lines)
@@ -410,10 +409,10 @@ def _service_forecast(
     )
 
 
-def _grouped(left: list[dict[str, Any]]) -> tuple[str, ...]:
+def _grouped(left: list[tuple[str, str, str]]) -> tuple[str, ...]:
     groups: dict[tuple[str, str], list[str]] = {}
-    for item in left:
-        groups.setdefault((item["work"].task, item["reason"]), []).append(str(item["details"]))
+    for task, reason, details in left:
+        groups.setdefault((task, reason), []).append(details)
     return tuple(
         f"{len(details)} {task}: {reason} (e.g. {details[0]})"
         for (task, reason), details in sorted(groups.items(), key=lambda kv: -len(kv[1]))
@@ -431,10 +430,13 @@ class _Notes(logging.Filter):
         super().__init__()
         self.thread = thread
         self.seen: Counter[str] = Counter()
+        self.closing = False  # the forecast stops its copy: what it logs then is no news
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.thread != self.thread:
             return True
+        if self.closing:
+            return False
         text = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             text += f": {record.exc_info[1]!r}"
@@ -475,6 +477,7 @@ class _Job:
         self._lock = threading.Lock()
         self._cancelled = False
         self._cancel: Callable[[], None] | None = None
+        self._notes: _Notes | None = None
 
     def cancel(self) -> None:
         with self._lock:
@@ -489,6 +492,7 @@ class _Job:
 
         begun = time.perf_counter()
         with _quiet_thread() as notes:
+            self._notes = notes
             report = trio.run(self._main, clock=trio.testing.MockClock(autojump_threshold=0))
         return dataclasses.replace(
             report, notes=notes.notes(), wall_time=time.perf_counter() - begun
@@ -514,12 +518,16 @@ class _Job:
             copy, recorder = await replica.build(
                 self.samplers, random.Random(self.seed), files, seed=self.seed
             )
-            left = await replica.run(copy, recorder)
+            left = await replica.run(copy, recorder, stopping=self.stopping)
             return self._report(recorder, left)
         msg = "the forecast was cancelled (its caller was)"
         raise RuntimeError(msg)
 
-    def _report(self, recorder: Recorder, left: list[dict[str, Any]]) -> ForecastReport:
+    def stopping(self) -> None:
+        if self._notes is not None:
+            self._notes.closing = True
+
+    def _report(self, recorder: Recorder, left: list[tuple[str, str, str]]) -> ForecastReport:
         finish = recorder.last_end
         services: dict[str | None, ServiceForecast] = {
             name: _service_forecast(name, rate, concurrent, recorder, finish)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable
@@ -272,10 +273,13 @@ class Replica:
 
         return stand_in
 
-    async def run(self, copy: Cue, recorder: Recorder) -> list[dict[str, Any]]:
-        """Run the copy until its work is done or nothing can move; returns what was left
-        (``debug_blocked()`` of the copy at that moment)."""
-        left: list[dict[str, Any]] = []
+    async def run(
+        self, copy: Cue, recorder: Recorder, *, stopping: Callable[[], None]
+    ) -> list[tuple[str, str, str]]:
+        """Run the copy until its work is done or nothing can move; returns what was left as
+        ``(task, reason, details)`` (``debug_blocked()`` of the copy, naming the cue's own
+        work ids). ``stopping()`` is called right before the copy is stopped."""
+        left: list[tuple[str, str, str]] = []
         async with anyio.create_task_group() as tg:
             recorder.start()
             await tg.start(copy.run)
@@ -294,8 +298,20 @@ class Replica:
                     copy.poke()  # one last look at everything, then believe it
                     await anyio.sleep(SETTLE)
                     if recorder.stuck() and not joined.is_set():
-                        left = copy.debug_blocked()
+                        left = [self._named(copy, item) for item in copy.debug_blocked()]
                         break
+            stopping()
             await copy.stop(timeout=0)
             tg.cancel_scope.cancel()
         return left
+
+    def _named(self, copy: Cue, item: dict[str, Any]) -> tuple[str, str, str]:
+        """A ``debug_blocked()`` item of the copy, its work ids made the cue's own."""
+        originals = self.originals
+
+        def own(match: re.Match[str]) -> str:
+            original = originals.get(match.group(0))
+            return match.group(0) if original is None else original.id
+
+        details = re.sub(re.escape(copy._id_prefix) + r"-\d+", own, str(item["details"]))
+        return item["work"].task, str(item["reason"]), details
