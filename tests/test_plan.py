@@ -292,3 +292,49 @@ async def test_render_lists_problems_first_and_cuts_long_lists(make_cue: CueFact
     with pytest.raises(KeyError, match="not in this plan"):
         plan["nope"]
     await cue.stop()
+
+
+async def test_a_producer_that_finishes_while_planning(
+    make_cue: CueFactory, tmp_path: Path
+) -> None:
+    """Work running when plan() began stays a producer in the plan even if it finishes while
+    an async check is awaited."""
+    cue = make_cue(checks="inline")
+    cue.service("solo", concurrent=1)  # "other" queues behind "make": the cue asks it nothing
+    release = anyio.Event()
+    started = anyio.Event()
+
+    @cue.task("make", uses="solo", outputs="out")
+    async def make(work: runcue.WorkUnit) -> None:
+        started.set()
+        await release.wait()
+        make_file(Path(work.params["out"]), time.time())
+
+    @cue.task("use", inputs="src", outputs="out")
+    async def use(work: runcue.WorkUnit) -> None: ...
+
+    @cue.task("other", uses="solo")
+    async def other(work: runcue.WorkUnit) -> None: ...
+
+    maker_id: list[str] = []
+    planning = [False]
+
+    @cue.is_ready
+    async def is_ready(work: runcue.WorkUnit) -> bool:
+        if work.task == "other" and planning[0]:
+            release.set()
+            await cue.wait(maker_id[0])  # the producer finishes in the middle of the plan
+        return not planning[0]
+
+    raw = str(tmp_path / "raw.txt")
+    with anyio.fail_after(10):
+        async with cue:
+            maker_id.append(await cue.submit("make", {"out": raw}))
+            await started.wait()
+            await cue.submit("other")
+            user = await cue.submit("use", {"src": raw, "out": str(tmp_path / "clean.txt")})
+            planning[0] = True
+            plan = await cue.plan()
+            planning[0] = False
+            cue.poke()
+    assert plan[user].reason == f"after running work make {maker_id[0]} makes {raw}"

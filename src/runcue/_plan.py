@@ -219,18 +219,8 @@ def _inputs_of(
 
 
 def _missing_orphans(inputs: builtins.list[tuple[Any, builtins.list[WorkUnit]]]) -> Any:
-    """The inputs that nothing makes and that are missing (a list of names), or the
-    exception asking raised."""
-    missing = []
-    for item, makers in inputs:
-        if not makers:
-            try:
-                there = item.exists()
-            except Exception as exc:
-                return exc
-            if not there:
-                missing.append(describe(item))
-    return missing
+    """The names of the inputs that nothing makes and that are missing."""
+    return [describe(item) for item, makers in inputs if not makers and not item.exists()]
 
 
 class _Planner:
@@ -311,7 +301,7 @@ class _Planner:
         if service not in engine.services:
             self.entry(work, "never", f"its service {service!r} is not declared")
             return
-        orphans = _missing_orphans(inputs)
+        orphans = await self.asker.ask(lambda _work: _missing_orphans(inputs), work)
         if isinstance(orphans, Exception):
             self.entry(work, "error", f"checking its inputs raised {orphans!r}")
             return
@@ -328,10 +318,11 @@ class _Planner:
         outcome: dict[str, builtins.list[str]] = {"never": [], "wait": [], "run": [], "skip": []}
         for maker in needs.values():
             what = _listed(made_by[maker.id])
-            if maker.state is WorkState.RUNNING:
+            planned = self.verdicts.get(maker.id)
+            if planned is None:  # (running when the plan began: it may have finished since)
                 outcome["run"].append(f"running work {_label(maker)} makes {what}")
                 continue
-            known = self.verdicts[maker.id].verdict
+            known = planned.verdict
             if known == "never":
                 outcome["never"].append(f"needs {what} from {_label(maker)}, which can never start")
             elif known in ("wait", "error"):
