@@ -39,7 +39,8 @@ real world, which a forecast never changes:
   apply). For callback-style pipelines, whose dependencies runcue cannot see, the finish time
   is then what the limits alone allow: a lower bound.
 
-They run in the forecast's thread (sync checks inline on its loop, async ones under trio). A
+They run in the forecast's thread (sync checks inline on its loop, async ones under trio,
+without ``check_timeout``: while one waits on real I/O the virtual clock runs on). A
 check that raises, a duration function that raises, a priority callback that raises: none ends
 the forecast. The work concerned fails or never starts, the report says how many and why, and
 the ``runcue`` log lines the copy wrote are summed up in :attr:`ForecastReport.notes` instead

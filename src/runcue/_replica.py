@@ -177,7 +177,9 @@ class Replica:
             "recheck_interval": engine.sweeps.recheck_interval,
             "priority_aging": engine.priority_aging,
             "max_threads": engine.max_threads,
-            "check_timeout": None if math.isinf(engine.checks.timeout) else engine.checks.timeout,
+            # No check_timeout: while an async check waits on real I/O, every task waits and
+            # the virtual clock jumps; a timeout would fire at once.
+            "check_timeout": None,
         }
         live = [w for w in engine.works.values() if not w.state.finished]
         # Running work first (it started first), then pending work in submission order.
