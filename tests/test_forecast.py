@@ -193,6 +193,7 @@ async def test_callbacks_are_asked_or_ignored(make_cue: CueFactory) -> None:
     assert report.finish == pytest.approx(1.0)
     assert report.stuck == ("1 page: not_ready (e.g. is_ready returned False)",)
     assert "never started: 1 page: not_ready" in report.render()
+    assert "hint: is_ready sees the real world" in report.render()
     assert "blocked" in asked
 
     asked.clear()

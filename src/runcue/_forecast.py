@@ -356,6 +356,11 @@ class ForecastReport:
                 "costs: " + ", ".join(f"{amount:g} {dim}" for dim, amount in self.costs.items())
             )
         lines += [f"never started: {line}" for line in self.stuck]
+        if any("is_ready returned False" in line for line in self.stuck):
+            lines.append(
+                "hint: is_ready sees the real world, which a forecast never changes; declare"
+                " inputs/outputs, or forecast(callbacks='ignore') for what the limits allow"
+            )
         lines += [f"failed: {count} by {kind}" for kind, count in self.failures.items()]
         used = ", ".join(f"{task} {text}" for task, text in self.durations.items())
         lines.append(f"durations: {used or '(no work)'}")
