@@ -161,6 +161,8 @@ class Replica:
     def __init__(self, cue: Cue, *, ask_callbacks: bool) -> None:
         engine = cue._engine
         self.tasks: dict[str, TaskSpec] = dict(cue._tasks)
+        # (What cue.service() was given. Cost windows, when services get them, go here too,
+        # and the copy's settled amounts into ForecastReport.costs.)
         self.services = [
             (name, service.rate_text, service.concurrent)
             for name, service in cue._services.items()
@@ -238,7 +240,8 @@ class Replica:
         for work in self.works:
             current[:] = [work]
             # (The copy has not started: submit() runs through without awaiting anything, so
-            # the declarations above read the right work.)
+            # the declarations above read the right work. Every option submit() took for
+            # this work is passed on: a new one must be added here.)
             copy_id = await copy.submit(
                 work.task, work.params, priority=work.priority, key=work.key
             )
