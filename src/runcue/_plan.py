@@ -111,6 +111,7 @@ class Plan:
         for entry in self.entries:
             counts[entry.verdict] += 1
         object.__setattr__(self, "counts", types.MappingProxyType(counts))
+        object.__setattr__(self, "_by_id", {entry.work_id: entry for entry in self.entries})
 
     @property
     def ok(self) -> bool:
@@ -118,9 +119,9 @@ class Plan:
         return not self.counts["never"] and not self.counts["error"]
 
     def __getitem__(self, work_id: str) -> PlanEntry:
-        for entry in self.entries:
-            if entry.work_id == work_id:
-                return entry
+        entry: PlanEntry | None = self.__dict__["_by_id"].get(work_id)
+        if entry is not None:
+            return entry
         msg = f"work {work_id!r} is not in this plan (not submitted, running, or finished)"
         raise KeyError(msg)
 
