@@ -8,6 +8,8 @@ from ._artifacts import Artifact as Artifact
 from ._artifacts import File as File
 from ._artifacts import atomic_write as atomic_write
 from ._cue import Cue as Cue
+from ._durations import Exponential as Exponential
+from ._durations import Uniform as Uniform
 from ._errors import CueStateError as CueStateError
 from ._errors import HandlerTimeout as HandlerTimeout
 from ._errors import InvalidRateError as InvalidRateError
@@ -23,10 +25,8 @@ from ._errors import WorkNotFound as WorkNotFound
 from ._errors import WorkTimeout as WorkTimeout
 from ._events import EVENT_KINDS as EVENT_KINDS
 from ._events import WorkEvent as WorkEvent
-from ._forecast import Exponential as Exponential
 from ._forecast import ForecastReport as ForecastReport
 from ._forecast import ServiceForecast as ServiceForecast
-from ._forecast import Uniform as Uniform
 from ._forecast import WaitForecast as WaitForecast
 from ._graph import GraphReport as GraphReport
 from ._instrument import Instrumentation as Instrumentation
@@ -59,8 +59,8 @@ __all__ = [
     "Cue",
     "EVENT_KINDS",
     "Exponential",
-    "ForecastReport",
     "File",
+    "ForecastReport",
     "Grant",
     "GraphReport",
     "CueStateError",

@@ -18,6 +18,7 @@ import anyio.lowlevel
 from . import _backend, _diagnosis
 from ._artifacts import artifact_key, resolve
 from ._checks import CheckMode, CheckRunner
+from ._durations import Duration
 from ._errors import (
     CueStateError,
     UnknownServiceError,
@@ -27,7 +28,7 @@ from ._errors import (
 )
 from ._events import WorkEvent
 from ._fleet import Fleet
-from ._forecast import Duration, ForecastReport, forecast
+from ._forecast import ForecastReport, forecast
 from ._graph import GraphReport, check_graph
 from ._hooks import Hooks
 from ._lifecycle import RUNNING, STOPPED, STOPPING, Lifecycle

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._artifacts import artifact_key, describe
+from ._durations import Sampler
 from ._events import WorkEvent
 from ._work import WorkState
 
@@ -37,9 +38,8 @@ if TYPE_CHECKING:
     from ._task import TaskSpec
     from ._work import WorkUnit
 
-__all__ = ["Recorder", "Replica", "Sampler", "VirtualFiles"]
+__all__ = ["Recorder", "Replica", "VirtualFiles"]
 
-Sampler = Callable[[random.Random], float]
 SETTLE = 1.0  # virtual seconds after a poke before "nothing can move" is believed
 
 
