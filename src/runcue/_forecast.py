@@ -8,7 +8,7 @@ declared inputs and outputs), its ``priority`` and, by default, its ``is_ready``
 handler of yours is called. The copy holds the work submitted to the cue and not yet finished
 (running work counts as started ``now`` minus how long it has run).
 
-**Durations** per task: a number of seconds, a distribution (:class:`Uniform`,
+**Durations** per task (``_durations.py``): a number of seconds, a distribution (:class:`Uniform`,
 :class:`Exponential`, or any function of a ``random.Random`` returning seconds), else the mean
 of what this cue measured so far for that task (its finished, completed work), else
 ``default``. A task with pending work and none of these is an error that names it.
