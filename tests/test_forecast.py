@@ -284,17 +284,18 @@ async def test_forecast_of_a_running_cue(make_cue: CueFactory) -> None:
     cue = make_cue()
     cue.service("api", concurrent=1)
     release = anyio.Event()
+    started = anyio.Event()
 
     @cue.task("call", uses="api")
     async def call(work: runcue.WorkUnit) -> None:
+        started.set()
         await release.wait()
 
     with anyio.fail_after(10):
         async with cue:
             for index in range(3):
                 await cue.submit("call", {"i": index})
-            while cue.stats().running == 0:
-                await anyio.sleep(0.001)
+            await started.wait()
             report = await cue.forecast({"call": 10.0})
             release.set()
     assert report.works == 3
