@@ -33,6 +33,7 @@ from . import (
     b10_shared_store,
     b11_tokens,
     b13_otel,
+    b14_forecast,
 )
 from ._harness import (
     BACKENDS,
@@ -62,6 +63,7 @@ SCENARIOS: dict[str, ModuleType] = {
         b10_shared_store,
         b11_tokens,
         b13_otel,
+        b14_forecast,
     )
 }
 
@@ -119,6 +121,11 @@ task group).
   no-op providers: runcue's listener by itself), interleaved; the cost per work is the
   median of the per-round differences over the item count. Informative (no target); skipped
   without `opentelemetry-sdk`.
+- **B14** submits 100,000 works of a 2 s task to one `rate="60/min"` service of a cue that
+  has not started and times `await cue.forecast()` alone (`time.perf_counter()`, submissions
+  not counted). The forecast runs on trio's virtual clock in a worker thread whatever the
+  caller's backend; its finish must be exactly 1,666 x 60 + 2 s (the last window of 60 starts
+  plus one duration).
 """
 
 

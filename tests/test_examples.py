@@ -105,6 +105,17 @@ CASES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
             r"shutdown: cue stopped; 5 thumbnails made, 5 skipped, 0 failed",
         ),
     ),
+    (
+        "plan_forecast.py",
+        (),
+        (
+            r"plan of 503 works: 461 would run \(2 after their inputs\), 40 skipped, 0 wait, 2 can",
+            r"ocr \w+-429: no work produces scans/letters/p007.png",
+            r"forecast: 503 works finish in 7m\d\ds \(461 run, 40 skipped, 0 failed, 2 never",
+            r"binding: service 'vision' \(rate 10/10s\)",
+        ),
+    ),
+    ("plan_forecast.py", ("trio",), (r"binding: service 'vision' \(rate 10/10s\)",)),
 ]
 
 TWINS = ["apple_pie", "pdf_pipeline", "orders"]

@@ -654,3 +654,54 @@ def test_the_llm_scenario_keeps_the_fake_api_within_its_limits(
     assert server["most_tokens_in_window"] <= server["tokens_limit"] == 4000
     assert server["most_requests_in_window"] <= server["requests_limit"] == 20
     assert server["answered"] == 30
+
+
+# --------------------------------------------------------------------------- --virtual (issue 16)
+
+
+def test_help_lists_virtual(capsys: pytest.CaptureFixture[str]) -> None:
+    """runcue-sim --help lists --virtual."""
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    assert "--virtual" in out
+
+
+def test_virtual_run_reports_virtual_times(capsys: pytest.CaptureFixture[str]) -> None:
+    """--virtual runs 300 two-second calls at 60/min (over four minutes) in well under a
+    second of real time; wall time, throughput and latency are virtual, the limit held."""
+    code, summary = run_json(
+        capsys, "-n", "300", "-r", "60/min", "-l", "2000", "--virtual", "--seed", "3"
+    )
+    assert code == 0
+    assert summary["clock"] == "virtual"
+    assert summary["backend"] == "trio"
+    assert 240 < summary["wall_time"] < 260  # the fifth window of 60 opens at 240 s
+    assert summary["real_time"] < 30
+    api = service(summary, "api")
+    assert api["throughput"] == pytest.approx(300 / summary["wall_time"], rel=0.01)
+    assert api["windows"] == [{"limit": 60, "period": 60.0, "max_starts": 60}]
+    assert summary["latency"]["p95"] > 200
+    assert ledger_adds_up(summary)
+    again = run_json(capsys, "-n", "300", "-r", "60/min", "-l", "2000", "--virtual", "--seed", "3")
+    assert again[1]["wall_time"] == summary["wall_time"]  # same seed, same virtual run
+
+
+def test_virtual_summary_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """The printed summary labels the time virtual and shows the real time beside it."""
+    code, out, _ = run(capsys, "--scenario", "pipeline", "-n", "20", "-r", "10/min", "--virtual")
+    assert code == 0
+    assert "virtual clock" in out
+    assert re.search(r"virtual time\s+\d+\.\d+s \(\d+\.\d+s real\)", out)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [(["--backend", "asyncio"], "drop --backend asyncio"), (["--tui"], "drop --tui")],
+)
+def test_virtual_refuses_what_needs_real_time(
+    capsys: pytest.CaptureFixture[str], extra: list[str], words: str
+) -> None:
+    """--virtual with asyncio or the live dashboard is a usage error (exit 2)."""
+    code, _, err = run(capsys, "--virtual", *extra)
+    assert code == 2
+    assert words in err

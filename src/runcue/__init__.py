@@ -8,6 +8,8 @@ from ._artifacts import Artifact as Artifact
 from ._artifacts import File as File
 from ._artifacts import atomic_write as atomic_write
 from ._cue import Cue as Cue
+from ._durations import Exponential as Exponential
+from ._durations import Uniform as Uniform
 from ._errors import CostTooLargeError as CostTooLargeError
 from ._errors import CueStateError as CueStateError
 from ._errors import HandlerTimeout as HandlerTimeout
@@ -25,9 +27,14 @@ from ._errors import WorkNotFound as WorkNotFound
 from ._errors import WorkTimeout as WorkTimeout
 from ._events import EVENT_KINDS as EVENT_KINDS
 from ._events import WorkEvent as WorkEvent
+from ._forecast import ForecastReport as ForecastReport
+from ._forecast import ServiceForecast as ServiceForecast
+from ._forecast import WaitForecast as WaitForecast
 from ._graph import GraphReport as GraphReport
 from ._instrument import Instrumentation as Instrumentation
 from ._instrument import instrument as instrument
+from ._plan import Plan as Plan
+from ._plan import PlanEntry as PlanEntry
 from ._progress import progress as progress
 from ._progress import render_stats as render_stats
 from ._rate import RateSpec as RateSpec
@@ -55,7 +62,9 @@ __all__ = [
     "CostTooLargeError",
     "Cue",
     "EVENT_KINDS",
+    "Exponential",
     "File",
+    "ForecastReport",
     "Grant",
     "GraphReport",
     "CueStateError",
@@ -66,20 +75,25 @@ __all__ = [
     "LeaseLost",
     "QuotaExhausted",
     "PendingTimeout",
+    "Plan",
+    "PlanEntry",
     "PriorityContext",
     "RateLimited",
     "RateSpec",
     "RateWindowStats",
     "RedisStore",
     "RuncueError",
+    "ServiceForecast",
     "ServiceStats",
     "StallTimeout",
     "Store",
     "TaskSpec",
     "Tenants",
     "Timeline",
+    "Uniform",
     "UnknownServiceError",
     "UnknownTaskError",
+    "WaitForecast",
     "WorkCancelled",
     "WorkEvent",
     "WorkNotFound",

@@ -21,6 +21,7 @@ declarations and the callback agree (the callback can hold work back or skip it,
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 import time
@@ -38,6 +39,7 @@ __all__ = [
     "Snapshot",
     "artifact_key",
     "atomic_write",
+    "freshness",
     "resolve",
 ]
 
@@ -163,24 +165,42 @@ def declared_stale(
     inputs: list[Artifact], outputs: list[Artifact], max_age: float | None
 ) -> str | None:
     """Why the outputs need building (None: they are up to date)."""
+    stale, why = freshness(inputs, outputs, max_age)
+    return why if stale else None
+
+
+def freshness(
+    inputs: list[Artifact], outputs: list[Artifact], max_age: float | None
+) -> tuple[bool, str]:
+    """Make's rule, with its reason in words either way: ``(True, "out.txt is older than
+    in.txt")`` when the outputs need building, ``(False, "out.txt is newer than in.txt")``
+    when they are up to date. The oldest output stands for them all."""
     if not outputs:
-        return "it declares no outputs"
+        return True, "it declares no outputs, so it always runs"
     oldest: float | None = None
+    oldest_output = outputs[0]
     for output in outputs:
         if not output.exists():
-            return f"output {describe(output)} is missing"
+            return True, f"{describe(output)} does not exist"
         stamp = output.mtime()
         if stamp is not None and (oldest is None or stamp < oldest):
-            oldest = stamp
+            oldest, oldest_output = stamp, output
     if oldest is None:
-        return None
+        return False, f"{describe(oldest_output)} exists (its time is unknown)"
+    newest_input: Artifact | None = None
+    newest = -math.inf
     for item in inputs:
         stamp = item.mtime()
         if stamp is not None and stamp > oldest:
-            return f"input {describe(item)} is newer than the outputs"
+            return True, f"{describe(oldest_output)} is older than {describe(item)}"
+        if stamp is not None and stamp > newest:
+            newest, newest_input = stamp, item
     if max_age is not None and time.time() - oldest > max_age:
-        return f"the outputs are older than max_age={max_age:g}s"
-    return None
+        return True, f"{describe(oldest_output)} is older than max_age={max_age:g}s"
+    if newest_input is None:
+        reads = "its inputs' times are unknown" if inputs else "it reads no inputs"
+        return False, f"{describe(oldest_output)} exists ({reads})"
+    return False, f"{describe(oldest_output)} is newer than {describe(newest_input)}"
 
 
 @contextlib.contextmanager

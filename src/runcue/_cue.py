@@ -9,7 +9,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.from_thread
@@ -18,6 +18,7 @@ import anyio.lowlevel
 from . import _backend, _diagnosis
 from ._artifacts import artifact_key, resolve
 from ._checks import CheckMode, CheckRunner
+from ._durations import Duration
 from ._errors import (
     CueStateError,
     UnknownServiceError,
@@ -27,9 +28,11 @@ from ._errors import (
 )
 from ._events import WorkEvent
 from ._fleet import Fleet
+from ._forecast import ForecastReport, forecast
 from ._graph import GraphReport, check_graph
 from ._hooks import Hooks
 from ._lifecycle import RUNNING, STOPPED, STOPPING, Lifecycle
+from ._plan import Plan, make_plan
 from ._registry import Registry, check_seconds
 from ._scheduler import Scheduler
 from ._service import Service
@@ -470,6 +473,41 @@ class Cue(Registry, Lifecycle):
         missing inputs that no pending or running work produces, and cycles of work waiting
         for each other's outputs. ``str(report)`` reads as sentences; ``report.ok``."""
         return check_graph(self._engine)
+
+    # ------------------------------------------------------------------ plan and forecast
+
+    async def plan(self) -> Plan:
+        """What would run, and why, for every work submitted and not yet running -- without
+        calling a handler, on a cue that runs or has not started (see :class:`runcue.Plan`).
+
+        The checks are asked directly: nothing is parked, counted or logged, and a check that
+        raises is reported in the plan. ``print(await cue.plan())`` lists the verdicts."""
+        return await make_plan(self._engine)
+
+    async def forecast(
+        self,
+        durations: Mapping[str, Duration] | None = None,
+        *,
+        default: Duration | None = None,
+        callbacks: Literal["ask", "ignore"] = "ask",
+        seed: int | None = 0,
+    ) -> ForecastReport:
+        """When would the submitted work finish, which service binds, how long does work
+        wait? A copy of this cue -- its services, limits, tasks, checks and dependencies --
+        runs with stand-in handlers on a virtual clock; no handler of yours is called.
+
+        :param durations: seconds per task: a number, ``runcue.Uniform(low, high)``,
+            ``runcue.Exponential(mean)`` or a function of a ``random.Random``. A task not
+            named takes the mean of what this cue measured for it so far, else ``default``.
+        :param callbacks: ``"ask"`` your ``is_ready``/``is_stale`` (they see the real world,
+            which a forecast never changes), or ``"ignore"`` them (every work counts as ready
+            and stale; declarations still apply).
+        :param seed: seeds the distributions and retry jitter (None: a fresh draw each time).
+        :raises ValueError: for a task that is not registered, a bad duration, or a task
+            with pending work and no duration.
+        :raises ImportError: without trio (``pip install 'runcue[trio]'``).
+        """
+        return await forecast(self, durations, default=default, callbacks=callbacks, seed=seed)
 
     def stats(self) -> CueStats:
         """A frozen snapshot of every counter (see :class:`CueStats`)."""

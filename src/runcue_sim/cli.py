@@ -37,6 +37,7 @@ examples:
   runcue-sim --scenario dynamic -n 10 -v
   runcue-sim --scenario fanout --missing-inputs 0.1 --stall-timeout 3
   runcue-sim --scenario pipeline -n 50 --trace run.json   # open in ui.perfetto.dev
+  runcue-sim -n 100000 -r 60/min -l 2000 --virtual  # a 28-hour run, in seconds
 """
 
 
@@ -142,7 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="items submitted per second (default: all at once)",
     )
     what.add_argument(
-        "--backend", choices=("asyncio", "trio"), default="asyncio", help="the event loop"
+        "--backend", choices=("asyncio", "trio"), help="the event loop (default: asyncio)"
+    )
+    what.add_argument(
+        "--virtual",
+        action="store_true",
+        help=(
+            "run on a virtual clock (trio's MockClock): any size, any limits, in seconds of"
+            " real time; the summary's times are virtual (needs trio, implies --backend trio)"
+        ),
     )
     what.add_argument(
         "--seed", type=int, help="seed for every random draw: same seed, same outcomes"
@@ -272,8 +281,15 @@ def _check_combination(args: argparse.Namespace) -> None:
             " or write the timeline elsewhere"
         )
         raise UsageError(msg)
-    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
-        msg = "--backend trio needs trio: pip install 'runcue[trio]'"
+    if args.virtual and args.backend == "asyncio":
+        msg = "--virtual runs on trio's virtual clock; drop --backend asyncio"
+        raise UsageError(msg)
+    if args.virtual and args.tui:
+        msg = "--virtual and --tui do not mix: a live dashboard needs real time; drop --tui"
+        raise UsageError(msg)
+    if (args.backend == "trio" or args.virtual) and importlib.util.find_spec("trio") is None:
+        option = "--virtual" if args.virtual else "--backend trio"
+        msg = f"{option} needs trio: pip install 'runcue[trio]'"
         raise UsageError(msg)
 
 
@@ -307,7 +323,8 @@ def _run(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 100_000)
     stream = sys.stderr if args.json else sys.stdout
     console = QuietOnClose(file=stream, force_terminal=True if args.tui else None)
-    tui = console.is_terminal if args.tui is None else bool(args.tui)
+    tui = console.is_terminal if args.tui is None and not args.virtual else bool(args.tui)
+    backend = "trio" if args.virtual else args.backend or "asyncio"
     options = RunOptions(
         scenario=args.scenario,
         count=args.count,
@@ -327,20 +344,35 @@ def _run(args: argparse.Namespace) -> int:
         ),
         stall_timeout=args.stall_timeout,
         stall_warn=args.stall_warn,
-        backend=args.backend,
+        backend=backend,
+        virtual=args.virtual,
         tui=tui,
         verbose=args.verbose,
         trace=args.trace,
     )
     if not tui:
+        clock = ", virtual clock" if options.virtual else ""
         console.print(
-            f"runcue-sim: scenario {options.scenario}, seed {seed}, backend {options.backend}",
+            f"runcue-sim: scenario {options.scenario}, seed {seed}, backend {options.backend}"
+            + clock,
             markup=False,
             highlight=False,
         )
     state = RunState()
+    backend_options: dict[str, object] = {}
+    if options.virtual:
+        import trio.testing
+
+        backend_options["clock"] = trio.testing.MockClock(autojump_threshold=0)
     try:
-        summary = anyio.run(simulate, options, console, state, backend=options.backend)
+        summary = anyio.run(
+            simulate,
+            options,
+            console,
+            state,
+            backend=options.backend,
+            backend_options=backend_options,
+        )
     except KeyboardInterrupt:
         summary = summarize(options, state, interrupted=True)
     console.print(summary.render())

@@ -191,6 +191,16 @@ class Recorder:
         self.last_event = event.time
 
 
+def _span(seconds: float) -> str:
+    """A latency for people: milliseconds below a second, then seconds, then h:mm:ss."""
+    if seconds < 1:
+        return f"{seconds * 1000:.1f}ms"
+    if seconds < 120:
+        return f"{seconds:.2f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
 def _seconds(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
@@ -211,6 +221,10 @@ class Summary:
     interrupted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     """What the scenario adds (the llm scenario: what its fake server saw)."""
+    virtual: bool = False
+    """Run on a virtual clock: ``wall_time``, throughput and latency are virtual."""
+    real_time: float | None = None
+    """Real seconds the run took (it differs from ``wall_time`` on a virtual clock)."""
 
     @property
     def stalled(self) -> bool:
@@ -278,7 +292,9 @@ class Summary:
             "seed": self.seed,
             "items": self.items,
             "options": self.options,
+            "clock": "virtual" if self.virtual else "real",
             "wall_time": round(self.wall_time, 4),
+            "real_time": None if self.real_time is None else round(self.real_time, 4),
             "works": {
                 "submitted": stats.submitted,
                 "completed": stats.completed,
@@ -322,15 +338,17 @@ class Summary:
             works.append(", " if index else "")
             works.append(f"{value} {name}", style=style if value else "")
         head.add_row("works", works)
-        head.add_row("wall time", f"{self.wall_time:.3f}s")
+        if self.virtual:
+            real = "" if self.real_time is None else f" ({self.real_time:.2f}s real)"
+            head.add_row("virtual time", f"{self.wall_time:.3f}s{real}")
+        else:
+            head.add_row("wall time", f"{self.wall_time:.3f}s")
         p50, p95 = latency["p50"], latency["p95"]
-        head.add_row(
-            "latency",
-            "-"
-            if p50 is None
-            else f"p50 {p50 * 1000:.1f}ms, p95 {p95 * 1000:.1f}ms"
-            f" (submit to finish, {latency['count']} works)",
-        )
+        spread = "-"
+        if p50 is not None:
+            spread = f"p50 {_span(p50)}, p95 {_span(p95)}"
+            spread += f" (submit to finish, {latency['count']} works)"
+        head.add_row("latency", spread)
         head.add_row("run", f"seed {self.seed}, {self.backend}")
         server = self.extra.get("server")
         if server is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,6 +37,8 @@ class RunOptions:
     stall_timeout: float | None = None
     stall_warn: float | None = None
     backend: str = "asyncio"
+    virtual: bool = False
+    """On trio's virtual clock (``--virtual``): every time in the summary is virtual."""
     tui: bool = False
     verbose: bool = False
     trace: str | None = None
@@ -68,6 +71,9 @@ class RunState:
     items: int = 0
     started: float | None = None
     wall_time: float = 0.0
+    """Seconds the run took on the loop's clock (virtual with ``--virtual``)."""
+    real_time: float = 0.0
+    """Seconds the run took in real time."""
     stop: anyio.CancelScope | None = None
     """Cancelled to end the run early (the output was closed)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -179,6 +185,7 @@ async def simulate(options: RunOptions, console: Console, state: RunState | None
     with anyio.CancelScope() as state.stop:
         async with _maybe_trace(cue, options), cue:  # the timeline outlives the cue's stop
             state.started = anyio.current_time()
+            real_start = time.perf_counter()
             try:
                 async with _maybe_progress(cue, console, options):
                     await _submit_items(submit, sim, options, state)
@@ -188,6 +195,7 @@ async def simulate(options: RunOptions, console: Console, state: RunState | None
                 state.wall_time = anyio.current_time() - state.started
                 if sim.report is not None:
                     state.extra = sim.report()
+                state.real_time = time.perf_counter() - real_start
     return summarize(options, state, interrupted=state.stop.cancelled_caught)
 
 
@@ -202,6 +210,8 @@ def summarize(options: RunOptions, state: RunState, *, interrupted: bool = False
         seed=options.workload.seed,
         items=state.items,
         wall_time=state.wall_time,
+        real_time=state.real_time,
+        virtual=options.virtual,
         stats=stats,
         recorder=state.recorder,
         stalls=tuple(state.stalls),
