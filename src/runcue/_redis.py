@@ -8,6 +8,13 @@ Every decision is one Lua script run atomically by the server, on the server's c
     {namespace}:svc:{service}:pause             string: paused until (µs)
     {namespace}:svc:{service}:epoch             string: "<born µs>:<token>", see "Restarts"
     {namespace}:svc:{service}:fence             string: the last lease's fencing token
+    {namespace}:svc:{service}:costs             sorted set: a member per start counted in the
+                                                cost windows (its lease), score = its time
+    {namespace}:svc:{service}:costs:amounts     hash: lease -> "dim=amount,..." (the estimate
+                                                of every dimension, or the actual once settled)
+    {namespace}:svc:{service}:costs:sums        hash: "at" -> when the sums were last brought
+                                                up to date (µs); "{dim}:{period µs}" -> the
+                                                amount of dim recorded in the window ending then
 
 and for claims ``{namespace}:claim:{key}`` ("<owner>#<fencing token>", with a TTL) plus
 ``{namespace}:claims:epoch``, ``{namespace}:claims:pause`` and ``{namespace}:claims:fence``.
@@ -27,6 +34,37 @@ the pause ends, or the start that must leave the fullest window leaves it, or --
 leases are missing -- a short poll (``poll_interval``), since a lease given back by another
 process frees its slot long before it would expire.
 
+**Cost windows** (``acquire(costs=...)``, :meth:`RedisStore.settle`): amounts such as tokens,
+in windows like ``"90000/min;2000000/day"``, with the semantics of the in-process ones
+(``_costs.py``). Admission is the same script, all or none with the windows and the lease:
+for every cost window in which the work's estimate ``e`` is above 0, the amounts recorded in
+``(now - period, now]`` (each start's estimate until it is settled, its actual after) plus
+``e`` must stay within the limit; a dimension estimated at 0 holds nothing back. An admitted
+start is recorded once for all the windows of the service -- its lease in ``costs`` at the
+server's time, its amounts in every dimension (also 0, so that a settlement can still
+charge it) in ``costs:amounts`` -- and added to every window's sum. :meth:`RedisStore.settle`
+replaces the amounts at the original time and moves the sums of the windows that still count
+the start by the difference: a refund frees room at once, an actual above the estimate is
+*debt*: the window may then hold more than its limit until that start leaves it, and no
+start needing room there is admitted meanwhile. Nothing is forgiven.
+
+Each window keeps a running sum, so a script never adds up a window: it subtracts the records
+that left each window since ``at`` (every record leaves every window once), forgets those older
+than the longest window, and compares sum plus estimate with the limit -- O(windows + records
+that left) per call, O(1) amortized per start. Only a refusal by a cost window walks that
+window's records from the oldest until enough would have left for the estimate to fit: the
+wait it returns is exact for what is recorded then (what changes after -- other starts, a
+refund, a charge -- can move it either way; the caller just asks again).
+A window first asked for (a new ``costs=``) is summed from the records once; one that a
+process no longer declares is still kept up to date for the others. Memory: one sorted-set
+member and one hash field per start of the longest cost window (a day-long window of 100,000
+starts holds 100,000 of each, a few hundred bytes per start with the fleet's lease names).
+The records' clock is the server's, never going back; a start counts from its grant, which
+precedes the handler's start by the dispatch delay (as for rate windows). If no actual exceeds
+its estimate, no window of ``period`` seconds ever records more than the limit, across every
+process, exactly. An estimate above a window's limit could never fit: :meth:`acquire` raises
+:class:`CostTooLargeError` without asking the server.
+
 **Restarts**: a Redis server restarted without persistence comes back empty: the recent
 starts and the live leases are gone, and admitting at once could break both limits. Each
 process remembers the *epoch* token of every service it used recently; when the script finds
@@ -34,10 +72,20 @@ the epoch missing (or replaced) while the caller knew it, the state was lost, an
 is paused for ``max(longest window, lease TTL)`` from the moment the loss was first seen:
 long enough for every earlier start to have left its window and for every process still
 running a handler to re-register its lease at its next renewal (:meth:`RedisStore.renew`
-re-creates the leases it is asked to renew when it finds the state lost). Claims follow the
-same rule with their TTL. A long window means a long pause (a day for ``"1000/day"``), and a
+re-creates the leases it is asked to renew when it finds the state lost). The longest window
+includes the cost windows: the recorded amounts are gone, so nothing starts until every
+amount recorded before the loss would have left its window; settling a start that was lost
+changes nothing. Claims follow the same rule with their TTL. A long window means a long pause (a day for ``"1000/day"``), and a
 process that first connects after a restart, before any earlier process noticed it, cannot
 know about the loss: run Redis with ``appendonly yes`` where either matters.
+
+**When Redis cannot be reached** every method raises (after about ``timeout``): the cue
+starts nothing of a shared service (it fails closed) and asks again with backoff. A
+settlement that fails is retried by the cue -- it is safe to repeat -- until it lands or its
+start has left every cost window (then it could change nothing and is dropped, with a
+warning). Until it lands the start counts at its estimate: a refund comes late (the budget is
+under-used, never over), and a charge above the estimate is not seen yet, so the windows can
+hold up to that excess more than their limit meanwhile.
 
 The client is redis-py's synchronous client, each call run in a worker thread through
 :func:`anyio.to_thread.run_sync` (with its own :class:`anyio.CapacityLimiter`): it works the same
