@@ -222,6 +222,18 @@ def _script_micros(url: str) -> float:
         client.close()
 
 
+def _forget(url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` (the cost windows would keep them for an hour)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        for key in client.scan_iter(f"{prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
 def _bytes_per_start(url: str, namespace: str) -> float:
     """What one recorded start takes in Redis: the cost keys' memory over their starts."""
     import redis
@@ -269,13 +281,21 @@ async def take_starts(url: str, namespace: str, items: int, costs: bool) -> floa
 
 def measure_costs(backend: Backend, settings: Settings, url: str, items: int = ITEMS) -> Row:
     """The store alone: starts without, with, and with a well-filled cost window."""
-    full = f"runcue-bench-full-{os.getpid()}-{time.time_ns()}"
+    prefix = f"runcue-bench-costs-{os.getpid()}-{time.time_ns()}-"
+    try:
+        return _measure_costs(backend, settings, url, items, prefix)
+    finally:
+        _forget(url, prefix)
+
+
+def _measure_costs(backend: Backend, settings: Settings, url: str, items: int, prefix: str) -> Row:
+    full = f"{prefix}full"
     on_loop(backend, lambda: take_starts(url, full, RECORDED, costs=True))
     scripts: dict[str, list[float]] = {"plain": [], "costs": [], "full": []}
 
     def variant(name: str) -> Callable[[], float]:
         def run_once() -> float:
-            namespace = full if name == "full" else f"runcue-bench-{time.time_ns()}"
+            namespace = full if name == "full" else f"{prefix}{time.time_ns()}"
             before = _script_micros(url)
             seconds = on_loop(backend, lambda: take_starts(url, namespace, items, name != "plain"))
             scripts[name].append((_script_micros(url) - before) / items)
