@@ -75,9 +75,10 @@ running a handler to re-register its lease at its next renewal (:meth:`RedisStor
 re-creates the leases it is asked to renew when it finds the state lost). The longest window
 includes the cost windows: the recorded amounts are gone, so nothing starts until every
 amount recorded before the loss would have left its window; settling a start that was lost
-changes nothing. Claims follow the same rule with their TTL. A long window means a long pause (a day for ``"1000/day"``), and a
-process that first connects after a restart, before any earlier process noticed it, cannot
-know about the loss: run Redis with ``appendonly yes`` where either matters.
+changes nothing. Claims follow the same rule with their TTL. A long window means a long pause
+(a day for ``"1000/day"`` or ``"2000000/day"`` tokens), and a process that first connects
+after a restart, before any earlier process noticed it, cannot know about the loss: run Redis
+with ``appendonly yes`` where either matters.
 
 **When Redis cannot be reached** every method raises (after about ``timeout``): the cue
 starts nothing of a shared service (it fails closed) and asks again with backoff. A

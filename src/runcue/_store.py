@@ -142,9 +142,10 @@ class CostStore(Store, Protocol):
         recorded in the last ``window.period`` seconds plus the estimate stay within
         ``window.limit``. A dimension estimated at 0 holds nothing back. When admitted, the
         estimate of every dimension is recorded under ``lease`` at the store's time of the
-        start, so that :meth:`settle` can replace it; a refusal changes nothing and returns
-        the seconds until every window has room for its estimate (amounts recorded before
-        leave their windows; nothing else is assumed).
+        start, so that :meth:`settle` can replace it (each acquire with ``costs`` needs a
+        lease name never used before, also without ``concurrent``); a refusal changes
+        nothing and returns the seconds until every window has room for its estimate
+        (amounts recorded before leave their windows; nothing else is assumed).
 
         :raises CostTooLargeError: an estimate above a window's limit (it could never fit).
         """
