@@ -58,7 +58,7 @@ refund, a charge -- can move it either way; the caller just asks again).
 A window first asked for (a new ``costs=``) is summed from the records once; one that a
 process no longer declares is still kept up to date for the others. Memory: one sorted-set
 member and one hash field per start of the longest cost window (a day-long window of 100,000
-starts holds 100,000 of each, a few hundred bytes per start with the fleet's lease names).
+starts holds 100,000 of each: about 200 bytes per start with 20-character lease names, B10).
 The records' clock is the server's, never going back; a start counts from its grant, which
 precedes the handler's start by the dispatch delay (as for rate windows). If no actual exceeds
 its estimate, no window of ``period`` seconds ever records more than the limit, across every
