@@ -382,20 +382,23 @@ def measure(backend: Backend, settings: Settings, url: str, items: int = ITEMS) 
     ]
 
 
-def skipped_row(backend: Backend, reason: str) -> Row:
-    """The row when Redis cannot be used here: reported, neither passed nor failed."""
-    return Row(ID, backend, TITLE, reason, "", "", TARGET, None, skipped=True)
+def skipped_rows(backend: Backend, reason: str) -> list[Row]:
+    """The rows when Redis cannot be used here: reported, neither passed nor failed."""
+    return [
+        Row(ID, backend, title, reason, "", "", target, None, skipped=True)
+        for title, target in ((TITLE, TARGET), (COST_TITLE, "(informative)"))
+    ]
 
 
 def run(backend: Backend, settings: Settings) -> list[Row]:
-    """Start a private server, measure, stop it; a skipped row without Redis."""
+    """Start a private server, measure, stop it; skipped rows without Redis."""
     reason = unavailable()
     if reason is not None:
         settings.say(reason)
-        return [skipped_row(backend, reason)]
+        return skipped_rows(backend, reason)
     try:
         with private_redis() as url:
             settings.say(f"private redis-server at {url}")
             return measure(backend, settings, url)
     except RedisUnavailable as missing:
-        return [skipped_row(backend, str(missing))]
+        return skipped_rows(backend, str(missing))
