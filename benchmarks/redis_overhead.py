@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(missing, file=sys.stderr)
         return 2
     print(render_table(rows))
-    return 0 if all(row.ok for row in rows) else 1
+    return 0 if all(row.ok is not False for row in rows) else 1  # (None: informative)
 
 
 if __name__ == "__main__":

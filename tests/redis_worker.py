@@ -12,6 +12,12 @@ follows the submissions and ``done`` the end of the run. Modes:
   their leases until the process is killed).
 - ``keyed``: COUNT items with ``key=item-N`` on a shared service; the handler appends its pid to
   the proof file ``proof-N`` next to OUTPUT after 300 ms; ``is_stale`` is true while it is absent.
+- ``costs`` and ``costs-debt``: no cue, the store API alone. Four tasks take COUNT starts of
+  service ``tokens`` whose cost windows are :data:`COST_WINDOWS` (acquire with a random
+  estimate, sleep 0-40 ms, settle a random actual: at most the estimate, or with
+  ``costs-debt`` up to 1.5 times it). Each grant is written as
+  ``grant <time asked> <pid> <time answered>|<lease>|<estimate>``, each settlement as
+  ``settle <time sent> <pid> <time answered>|<lease>|<actual>``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -27,6 +34,10 @@ import anyio
 
 import runcue
 from runcue._redis import RedisStore
+
+# The cost windows of the ``costs`` modes: 1000 tokens per 0.5 s, and a minute-long window
+# that never binds, so the store keeps every start of the run for the test to read.
+COST_WINDOWS = (runcue.RateSpec(1000, 0.5), runcue.RateSpec(10**9, 60.0))
 
 
 def record(out: IO[str], kind: str, item: object, when: float | None = None) -> None:
@@ -49,17 +60,56 @@ class AuditedStore(RedisStore):
         concurrent: int | None,
         lease: str,
         ttl: float,
+        costs: Sequence[tuple[str, runcue.RateSpec, float]] = (),
     ) -> float:
         asked = time.time()
         wait = await super().acquire(
-            service, windows=windows, concurrent=concurrent, lease=lease, ttl=ttl
+            service, windows=windows, concurrent=concurrent, lease=lease, ttl=ttl, costs=costs
         )
         if wait == 0:
             record(self.out, "grant", f"{time.time():.6f}|{lease}", when=asked)
         return wait
 
 
+async def spend(store: RedisStore, out: IO[str], count: int, debt: bool) -> None:
+    """Take ``count`` starts of the cost windows through the store alone, four at a time."""
+    pid = os.getpid()
+    chance = random.Random(pid)
+    items = iter(range(count))
+
+    async def taker(task: int) -> None:
+        for item in items:
+            lease = f"{pid}-{task}-{item}"
+            estimate = float(chance.randint(50, 250))
+            costs = [("tokens", window, estimate) for window in COST_WINDOWS]
+            while True:
+                asked = time.time()
+                wait = await store.acquire(
+                    "tokens", windows=(), concurrent=None, lease=lease, ttl=5, costs=costs
+                )
+                if wait == 0:
+                    break
+                await anyio.sleep(wait)
+            record(out, "grant", f"{time.time():.6f}|{lease}|{estimate!r}", when=asked)
+            await anyio.sleep(chance.uniform(0, 0.04))
+            actual = float(round(estimate * chance.uniform(0.2, 1.5 if debt else 1.0)))
+            sent = time.time()
+            await store.settle("tokens", lease, {"tokens": actual})
+            record(out, "settle", f"{time.time():.6f}|{lease}|{actual!r}", when=sent)
+
+    async with anyio.create_task_group() as tg:
+        for task in range(4):
+            tg.start_soon(taker, task)
+
+
 async def main(url: str, namespace: str, mode: str, count: int, output: Path, ttl: float) -> None:
+    if mode.startswith("costs"):
+        store = RedisStore(url, namespace=namespace)
+        with output.open("a") as out:
+            await spend(store, out, count, debt=mode == "costs-debt")
+            record(out, "done", "-")
+        await store.aclose()
+        return
     store = AuditedStore(url, namespace=namespace)
     with output.open("a") as out:
         store.out = out

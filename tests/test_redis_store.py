@@ -255,7 +255,11 @@ async def test_a_claim_whose_holder_died_is_taken_over(server: RedisServer) -> N
 async def test_every_key_expires(server: RedisServer, redis_client: redis.Redis) -> None:
     """Nothing the store writes lives forever: every key carries an expiry."""
     store = make_store(server)
-    await store.acquire("api", windows=(RateSpec(5, 1.0),), concurrent=3, lease="a", ttl=5)
+    costs = [("tokens", RateSpec(100, 2.0), 10.0)]
+    await store.acquire(
+        "api", windows=(RateSpec(5, 1.0),), concurrent=3, lease="a", ttl=5, costs=costs
+    )
+    await store.settle("api", "a", {"tokens": 5})
     await store.renew("api", ["a"], 5)
     await store.pause("api", 0.5)
     await store.claim("job", "A", 5)
@@ -265,6 +269,9 @@ async def test_every_key_expires(server: RedisServer, redis_client: redis.Redis)
         "test:claim:job",
         "test:claims:epoch",
         "test:claims:fence",
+        "test:svc:api:costs",
+        "test:svc:api:costs:amounts",
+        "test:svc:api:costs:sums",
         "test:svc:api:epoch",
         "test:svc:api:fence",
         "test:svc:api:leases",

@@ -43,6 +43,7 @@ from ._redis import RedisStore as RedisStore
 from ._stats import CueStats as CueStats
 from ._stats import RateWindowStats as RateWindowStats
 from ._stats import ServiceStats as ServiceStats
+from ._store import CostStore as CostStore
 from ._store import Grant as Grant
 from ._store import Store as Store
 from ._task import Backoff as Backoff
@@ -60,6 +61,7 @@ __all__ = [
     "Artifact",
     "Backoff",
     "CostTooLargeError",
+    "CostStore",
     "Cue",
     "EVENT_KINDS",
     "Exponential",

@@ -9,6 +9,10 @@ store (and namespace) shares one budget:
 - **concurrency**: each running handler holds a *lease* with a time-to-live, renewed while it
   runs; a process that dies (even ``kill -9``) loses its leases within the TTL;
 - **pause**: ``RateLimited(retry_after=)`` pauses the service for every process;
+- **costs** (a :class:`CostStore` only): every cost window of the service (``costs=``, e.g.
+  tokens) is kept by the store too: a start is admitted only if each window has room for the
+  work's estimate, the estimate is recorded at the store's time of the start, and
+  :meth:`CostStore.settle` replaces it by the actual amount once the handler ended;
 - **work claims**: work submitted with ``key=`` is claimed before its checks are asked, so
   the same keyed work submitted by several processes runs once; the others wait, then see it
   done through ``is_stale`` (or take it over when the claim expires because its holder died).
@@ -22,13 +26,13 @@ first (see ``_fleet.py`` for exactly what holds, and the fencing tokens).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from ._rate import RateSpec
 
-__all__ = ["Grant", "Store"]
+__all__ = ["CostStore", "Grant", "Store"]
 
 
 class Grant(float):
@@ -48,7 +52,14 @@ class Grant(float):
 
 @runtime_checkable
 class Store(Protocol):
-    """What a cue needs from shared storage. Every method may raise when the store is down."""
+    """What a cue needs from shared storage. Every method may raise when the store is down.
+
+    Keeping cost windows is optional: a store that can do it implements :class:`CostStore`
+    (``acquire`` takes ``costs=``, and there is ``settle``). A cue passes ``costs=`` and calls
+    ``settle`` only on such a store -- it asks ``isinstance(store, runcue.CostStore)`` (which
+    looks for a ``settle`` method) -- so a store written before costs existed keeps working
+    for every service without cost windows.
+    """
 
     async def acquire(
         self,
@@ -100,4 +111,51 @@ class Store(Protocol):
 
     async def aclose(self) -> None:
         """Release the connection(s)."""
+        ...
+
+
+@runtime_checkable
+class CostStore(Store, Protocol):
+    """A :class:`Store` that also keeps the cost windows of shared services (amounts such as
+    tokens, counted in sliding windows like starts, settled on the actual amount).
+
+    The cue recognises one with ``isinstance(store, CostStore)``: it then passes every cost
+    window of a shared service to :meth:`acquire`, and calls :meth:`settle` once per granted
+    start when the attempt ended (or when the start did not happen after all: actual 0).
+    """
+
+    async def acquire(
+        self,
+        service: str,
+        *,
+        windows: tuple[RateSpec, ...],
+        concurrent: int | None,
+        lease: str,
+        ttl: float,
+        costs: Sequence[tuple[str, RateSpec, float]] = (),
+    ) -> float:
+        """:meth:`Store.acquire`, and the cost windows admit together with the other limits.
+
+        ``costs`` holds one ``(dimension, window, estimate)`` per cost window of the service
+        (a dimension with several windows appears once per window, with the same estimate):
+        the start is admitted only if, for every window whose estimate is above 0, the amounts
+        recorded in the last ``window.period`` seconds plus the estimate stay within
+        ``window.limit``. A dimension estimated at 0 holds nothing back. When admitted, the
+        estimate of every dimension is recorded under ``lease`` at the store's time of the
+        start, so that :meth:`settle` can replace it (each acquire with ``costs`` needs a
+        lease name never used before, also without ``concurrent``); a refusal changes
+        nothing and returns the seconds until every window has room for its estimate
+        (amounts recorded before leave their windows; nothing else is assumed).
+
+        :raises CostTooLargeError: an estimate above a window's limit (it could never fit).
+        """
+        ...
+
+    async def settle(self, service: str, lease: str, actual: Mapping[str, float]) -> None:
+        """Replace the amounts recorded for ``lease``'s start by ``actual``, at the start's
+        original time, in every window that still counts it: a lower actual frees room at
+        once, a higher one is debt that later admissions wait for. A dimension missing from
+        ``actual`` keeps its recorded amount. Safe to repeat: settling again with the same
+        ``actual`` changes nothing, and a lease whose start has left every window (or was
+        never recorded, or was lost with the store's state) is ignored."""
         ...
