@@ -18,6 +18,11 @@ follows the submissions and ``done`` the end of the run. Modes:
   ``costs-debt`` up to 1.5 times it). Each grant is written as
   ``grant <time asked> <pid> <time answered>|<lease>|<estimate>``, each settlement as
   ``settle <time sent> <pid> <time answered>|<lease>|<actual>``.
+- ``cue-costs``: a cue, as a user writes it: COUNT items of task ``ask`` on the shared service
+  ``llm`` whose only limits are the cost windows :data:`COST_WINDOWS` (``costs={"tokens":
+  ...}``); each work's estimate comes from its params (50-250 tokens), its handler sleeps
+  0-40 ms and charges a random actual at most its estimate (``work.charge``). Grants and
+  settlements are written as in the ``costs`` modes, by the store the cue uses.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -67,8 +72,14 @@ class AuditedStore(RedisStore):
             service, windows=windows, concurrent=concurrent, lease=lease, ttl=ttl, costs=costs
         )
         if wait == 0:
-            record(self.out, "grant", f"{time.time():.6f}|{lease}", when=asked)
+            estimate = f"|{costs[0][2]!r}" if costs else ""
+            record(self.out, "grant", f"{time.time():.6f}|{lease}{estimate}", when=asked)
         return wait
+
+    async def settle(self, service: str, lease: str, actual: Mapping[str, float]) -> None:
+        sent = time.time()
+        await super().settle(service, lease, actual)
+        record(self.out, "settle", f"{time.time():.6f}|{lease}|{actual['tokens']!r}", when=sent)
 
 
 async def spend(store: RedisStore, out: IO[str], count: int, debt: bool) -> None:
@@ -102,6 +113,24 @@ async def spend(store: RedisStore, out: IO[str], count: int, debt: bool) -> None
             tg.start_soon(taker, task)
 
 
+async def ask(store: AuditedStore, out: IO[str], count: int, ttl: float) -> None:
+    """The ``cue-costs`` mode: a cue sharing one token budget with the other processes."""
+    windows = ";".join(f"{spec.limit}/{spec.period:g}s" for spec in COST_WINDOWS)
+    chance = random.Random(os.getpid())
+    async with runcue.Cue(store=store, lease_ttl=ttl, seed=os.getpid()) as cue:
+        cue.service("llm", costs={"tokens": windows}, shared=True)
+
+        @cue.task("ask", uses="llm", cost=lambda unit: {"tokens": unit.params["estimate"]})
+        async def ask(unit: runcue.WorkUnit) -> None:
+            await anyio.sleep(chance.uniform(0, 0.04))
+            unit.charge(tokens=float(round(unit.params["estimate"] * chance.uniform(0.2, 1.0))))
+
+        for index in range(count):
+            await cue.submit("ask", {"i": index, "estimate": float(chance.randint(50, 250))})
+        record(out, "ready", "-")
+    record(out, "done", "-")
+
+
 async def main(url: str, namespace: str, mode: str, count: int, output: Path, ttl: float) -> None:
     if mode.startswith("costs"):
         store = RedisStore(url, namespace=namespace)
@@ -111,6 +140,12 @@ async def main(url: str, namespace: str, mode: str, count: int, output: Path, tt
         await store.aclose()
         return
     store = AuditedStore(url, namespace=namespace)
+    if mode == "cue-costs":
+        with output.open("a") as out:
+            store.out = out
+            await ask(store, out, count, ttl)
+        await store.aclose()
+        return
     with output.open("a") as out:
         store.out = out
         async with runcue.Cue(store=store, lease_ttl=ttl, seed=os.getpid()) as cue:

@@ -463,13 +463,15 @@ def _audit(records: list[Record]) -> tuple[dict[str, float], dict[str, tuple[flo
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("mode", ["costs", "costs-debt"])
+@pytest.mark.parametrize("mode", ["costs", "costs-debt", "cue-costs"])
 def test_three_processes_share_one_token_budget(
     server: RedisServer, plain: redis.Redis, tmp_path: Path, mode: str
 ) -> None:
     """Three OS processes (asyncio, trio, asyncio) take 120 starts of one token budget through
     the store: every admission fits what the window held (with debts too), and with every
-    actual at most its estimate no window of final amounts exceeds the limit."""
+    actual at most its estimate no window of final amounts exceeds the limit. ``cue-costs``:
+    the same through three cues (``shared=True`` with ``costs=``, estimates from ``cost=``,
+    actuals from ``work.charge``): each start is settled once, to what its handler charged."""
     from redis_worker import COST_WINDOWS
 
     outputs = [tmp_path / f"worker-{index}.txt" for index in range(3)]
@@ -487,11 +489,12 @@ def test_three_processes_share_one_token_budget(
     assert sum(record.kind == "done" for record in records) == 3
     grants, settlements = _audit(records)
     assert len(grants) == len(settlements) == 120
-    amounts = plain.hgetall("test:svc:tokens:costs:amounts")
-    starts = model(grants, settlements, start_times(plain, "tokens"), amounts)
+    service = "llm" if mode == "cue-costs" else "tokens"
+    amounts = plain.hgetall(f"test:svc:{service}:costs:amounts")
+    starts = model(grants, settlements, start_times(plain, service), amounts)
     window = COST_WINDOWS[0]
     assert check_admissions(starts, window) > 0.8 * window.limit
-    if mode == "costs":
+    if mode != "costs-debt":
         check_final_windows(starts, window)
     else:
         assert any(start.actual is not None and start.actual > start.estimate for start in starts)

@@ -18,19 +18,29 @@ for those, every grant carries a **fencing token**, an integer that grows with e
 the same service's lease or of any claim (also across a store restart: it never falls below
 the store's clock in microseconds), given to the handler as ``work.fencing_token``. A system
 the handler writes to can refuse writes that carry a token older than one it has seen.
+
+**Shared cost windows.** A shared service with ``costs=`` on a :class:`CostStore` keeps its
+cost windows in the store too: each grant records the work's estimate (every dimension, 0
+where the task estimates none) under the start's own name, and the attempt's end settles it
+to what the handler charged (``work.charge``, ``actual_cost``) before the lease is given
+back, so the process that gets the freed slot already sees the charge. Nothing charged: the
+estimate stands (no round trip). A grant whose work never started settles to 0. A settlement
+the store did not take (unreachable) is retried with every renewal round -- settling is
+safe to repeat -- until it lands or its start has left the longest cost window, when it no
+longer matters; until then the estimate counts everywhere.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._errors import LeaseLost, RateLimited
+from ._errors import CostTooLargeError, LeaseLost, RateLimited
 from ._hooks import logger
-from ._store import Store
+from ._store import CostStore, Store
 
 if TYPE_CHECKING:
     from ._service import Service
@@ -44,11 +54,23 @@ LEASE_MARGIN = 0.1  # a holding not renewed this share of the TTL before it expi
 class Holding:
     """What one work holds in the store: a lease of its service, a claim on its key."""
 
-    __slots__ = ("claim", "claimed_until", "lease", "leased_until", "lost", "scope", "service")
+    __slots__ = (
+        "claim",
+        "claimed_until",
+        "costed",
+        "lease",
+        "leased_until",
+        "lost",
+        "scope",
+        "service",
+        "started",
+    )
 
     def __init__(self) -> None:
         self.service: str | None = None  # the shared service of the start (None: none)
-        self.lease: str | None = None  # the start's name in the store
+        self.lease: str | None = None  # the start's lease in the store (with `concurrent`)
+        self.costed: tuple[str, float] | None = None  # (the start's name, its cost horizon)
+        self.started = False  # the granted start's handler was called
         self.leased_until = math.inf  # the local deadline of its lease (inf: no lease held)
         self.claim: str | None = None  # the claim key
         self.claimed_until = math.inf
@@ -58,6 +80,12 @@ class Holding:
     @property
     def until(self) -> float:
         return min(self.leased_until, self.claimed_until)
+
+
+def _charged(work: WorkUnit) -> dict[str, float] | None:
+    """What the attempt charged (``work.charge``, ``actual_cost``); None: the estimate stands."""
+    extra = work._extra
+    return None if extra is None or extra.charged is None else dict(extra.charged)
 
 
 def _answer(result: float) -> tuple[float, int | None]:
@@ -75,6 +103,9 @@ class Fleet:
         self.owner = ""  # this cue's identity in the store (set when it starts)
         self.ttl = 10.0
         self.holdings: dict[str, Holding] = {}  # work id -> what it holds
+        # Settlements the store did not take yet: (service, start name) -> (actual, horizon).
+        self.unsettled: dict[tuple[str, str], tuple[dict[str, float], float]] = {}
+        self.costs = isinstance(store, CostStore)  # the store keeps cost windows
         self._keeper_event: anyio.Event | None = None
         self.seq = 0
 
@@ -125,17 +156,34 @@ class Fleet:
         assert service.name is not None
         self.seq += 1
         lease = f"{self.owner}:{work.id}:{work.attempt}:{self.seq}"
+        windows = service.rate.specs if service.rate is not None else ()
+        costs = self._costs(service, work)
         sent_at = self.clock()
         try:
-            wait, token = _answer(
-                await self.store.acquire(
+            if costs:
+                assert isinstance(self.store, CostStore)
+                answer = await self.store.acquire(
                     service.name,
-                    windows=service.rate.specs if service.rate is not None else (),
+                    windows=windows,
+                    concurrent=service.concurrent,
+                    lease=lease,
+                    ttl=self.ttl,
+                    costs=costs,
+                )
+            else:
+                answer = await self.store.acquire(
+                    service.name,
+                    windows=windows,
                     concurrent=service.concurrent,
                     lease=lease,
                     ttl=self.ttl,
                 )
-            )
+            wait, token = _answer(answer)
+        except CostTooLargeError as exc:
+            # Only after the service's cost windows were made smaller than this estimate
+            # (submit() refuses such work): it waits, as it would in one process, and says why.
+            logger.warning("runcue: %s cannot start: %s", work, exc)
+            return 1.0
         except Exception as exc:
             service.store_backoff = min(5.0, max(0.05, service.store_backoff * 2))
             if service.store_error is None:
@@ -158,6 +206,10 @@ class Fleet:
         holding = self._holding(work)
         holding.service = service.name
         holding.lost = None
+        if costs:
+            horizon = sent_at + max(spec.period for _, spec, _ in costs)
+            holding.costed = (lease, horizon)
+            holding.started = False
         if service.concurrent is not None:  # a lease only exists with a concurrency limit
             holding.lease = lease
             holding.leased_until = sent_at + self.ttl
@@ -166,16 +218,66 @@ class Fleet:
                 work.fencing_token = token
         return 0.0
 
+    def _costs(self, service: Service, work: WorkUnit) -> list[tuple[str, Any, float]]:
+        """``(dimension, window, estimate)`` for each cost window of a shared service, when
+        the store keeps them (else empty)."""
+        cost = service.cost
+        if cost is None or not self.costs:
+            return []
+        estimate = work.cost or {}
+        return [
+            (dimension, spec, float(estimate.get(dimension, 0.0)))
+            for dimension, spec, _ in cost.limiter.windows()
+        ]
+
+    async def _settle(
+        self, service: str, lease: str, actual: dict[str, float], horizon: float
+    ) -> None:
+        """Settle one start's cost in the store; kept for the next renewal if it fails."""
+        assert isinstance(self.store, CostStore)
+        try:
+            await self.store.settle(service, lease, actual)
+        except Exception as exc:
+            if horizon > self.clock():
+                if not self.unsettled:
+                    logger.warning(
+                        "runcue: settling the cost of a start of shared service %r failed"
+                        " (%r); its estimate counts until a retry lands",
+                        service,
+                        exc,
+                    )
+                self.unsettled[(service, lease)] = (actual, horizon)
+                self._wanted()
+        else:
+            self.unsettled.pop((service, lease), None)
+
+    async def settle_pending(self) -> None:
+        """Retry the settlements the store did not take; drop those past their horizon."""
+        now = self.clock()
+        for (service, lease), (actual, horizon) in list(self.unsettled.items()):
+            if horizon <= now:
+                del self.unsettled[(service, lease)]
+                logger.warning(
+                    "runcue: the cost of start %s of shared service %r was never settled in"
+                    " the store; its estimate counted instead",
+                    lease,
+                    service,
+                )
+                continue
+            await self._settle(service, lease, actual, horizon)
+
     # ------------------------------------------------------------------ keeping
 
     async def keep(self) -> None:
         """Renew every lease and claim held, every third of the TTL (a task of the cue)."""
         while True:
-            if not any(h.lease or h.claim for h in self.holdings.values()):
+            if not self.unsettled and not any(h.lease or h.claim for h in self.holdings.values()):
                 self._keeper_event = anyio.Event()
                 await self._keeper_event.wait()
             await anyio.sleep(self.ttl / 3)
             await self.renew()
+            if self.unsettled:
+                await self.settle_pending()
 
     async def renew(self) -> None:
         """One round of renewals; a holding the store no longer has is lost at once."""
@@ -240,7 +342,10 @@ class Fleet:
     def guard(self, work: WorkUnit) -> anyio.CancelScope | None:
         """A cancel scope for the handler of work that holds something (else None)."""
         holding = self.holdings.get(work.id)
-        if holding is None or (holding.lease is None and holding.claim is None):
+        if holding is None:
+            return None
+        holding.started = True
+        if holding.lease is None and holding.claim is None:
             return None
         holding.scope = anyio.CancelScope()
         return holding.scope
@@ -267,12 +372,16 @@ class Fleet:
         holding = self.holdings.get(work.id)
         if holding is None or holding.service is None:
             return
-        service_name, lease = holding.service, holding.lease
-        holding.service = holding.lease = None
+        service_name, lease, costed = holding.service, holding.lease, holding.costed
+        holding.service = holding.lease = holding.costed = None
         holding.leased_until = math.inf
         if holding.claim is None:
             del self.holdings[work.id]
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            if costed is not None:
+                charged = _charged(work)
+                if charged is not None:  # nothing charged: the estimate stands
+                    await self._settle(service_name, costed[0], charged, costed[1])
             try:
                 if lease is not None:
                     await self.store.release(service_name, lease)
@@ -290,6 +399,15 @@ class Fleet:
         if holding is None:
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            if holding.costed is not None and holding.service is not None:
+                # A start that ended without after_attempt (cancelled, the cue stopped): what
+                # it charged; nothing if its handler was never called; else the estimate.
+                lease, horizon = holding.costed
+                actual = _charged(work)
+                if actual is None and not holding.started:
+                    actual = dict.fromkeys(work.cost or {}, 0.0)
+                if actual:
+                    await self._settle(holding.service, lease, actual, horizon)
             try:
                 if holding.lease is not None and holding.service is not None:
                     await self.store.release(holding.service, holding.lease)

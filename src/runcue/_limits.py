@@ -244,7 +244,10 @@ class StoreLimit(Limit):
         return NO_HOLD
 
     async def settle_async(self, hold: Any, work: WorkUnit, error: BaseException | None) -> None:
+        refund = _refunds(work)
         await self.fleet.after_attempt(work, error)
+        if refund:  # room came back: this process's waiting work asks again at once
+            self.service.shared_wait_until = -math.inf
 
     def ready_at(self, work: WorkUnit | None, now: float) -> float:
         until: float = self.service.shared_wait_until
@@ -259,12 +262,26 @@ class StoreLimit(Limit):
                 f" ({service.store_error}); nothing starts until it does",
             )
         if service.shared_wait_until > now:
+            kept = [f"rate={service.rate_text}"] if service.rate_text else []
+            if service.concurrent is not None:
+                kept.append(f"concurrent={service.concurrent}")
+            if service.cost is not None and self.fleet.costs:
+                kept.extend(f"{dim}={text}" for dim, text in service.cost.text.items())
             return (
                 "shared_limit",
-                f"{self.label}'s shared limits (all processes) are used up; asking again in"
-                f" {span(service.shared_wait_until - now)}",
+                f"{self.label}'s shared limits ({', '.join(kept)}; all processes) are used up;"
+                f" asking again in {span(service.shared_wait_until - now)}",
             )
         return None
+
+
+def _refunds(work: WorkUnit) -> bool:
+    """The attempt charged less than its estimate in some dimension."""
+    extra = work._extra
+    if extra is None or extra.charged is None or not extra.cost:
+        return False
+    charged = extra.charged
+    return any(charged.get(dimension, amount) < amount for dimension, amount in extra.cost.items())
 
 
 class Admission:

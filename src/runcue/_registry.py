@@ -17,6 +17,7 @@ from ._errors import UnknownServiceError
 from ._hooks import Hooks
 from ._lifecycle import RUNNING, STOPPING
 from ._service import Service
+from ._store import CostStore
 from ._task import Backoff, RetryOn, TaskSpec, is_async_callable
 from ._tenants import Tenants
 from ._work import WorkUnit
@@ -87,6 +88,14 @@ class Registry:
             msg = (
                 f"service {name!r}: shared=True keeps the limits in a store; create the cue"
                 " with runcue.Cue(store=runcue.RedisStore(...))"
+            )
+            raise ValueError(msg)
+        if shared and costs is not None and not isinstance(self._engine.store, CostStore):
+            msg = (
+                f"service {name!r}: shared=True with costs= keeps the cost windows in the"
+                f" store, and {type(self._engine.store).__name__} does not keep any (it is not"
+                " a runcue.CostStore); use runcue.RedisStore, or drop shared=True to count"
+                " costs in this process alone"
             )
             raise ValueError(msg)
         wait = check_seconds(f"service {name!r}: max_wait", max_wait)

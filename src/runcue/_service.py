@@ -273,8 +273,8 @@ class Service:
         elif self.rate is not None:
             assert self.rate_text is not None
             limits.append(RateLimit(self.rate, self.rate_text, self.label))
-        if self.cost is not None:
-            limits.append(self.cost)
+        if self.cost is not None and not (self.shared and fleet is not None and fleet.costs):
+            limits.append(self.cost)  # (a store that keeps cost windows holds them instead)
         if self.observed is not None:
             limits.append(self.observed)
         self.admission = Admission(limits)
