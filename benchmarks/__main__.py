@@ -93,7 +93,8 @@ task group).
 - **B5** counts `is_ready` calls for consumers with a counter in the check.
 - **B6** is `time.process_time()` (every thread of the process) over a quiet window after
   the cue settled (every pending work asked once, then 0.5 s), as a share of one core.
-- **B7** is `tracemalloc` current memory after all work was submitted and asked once, minus
+- **B7** is `tracemalloc` current memory after all work was submitted, asked once and parked
+  (not while a sweep re-asks it), minus
   the memory of the started cue holding one such work, over the item count, after
   `gc.collect()`. It includes the params dict (`{'i': n}`), as the baseline record does.
   A second baseline, the least scheduler record, holds only what runcue's API needs at a

@@ -474,3 +474,12 @@ class NeverReady:
         with anyio.fail_after(timeout):
             while self.asked < calls:
                 await anyio.sleep(0.01)
+
+    async def all_parked(self, items: int, timeout: float = 120) -> None:
+        """Wait until ``items`` works wait in the cue's parking, none in a queue: no sweep is
+        re-asking them right now (a sweep puts every parked work back into its service's
+        queue, for a moment, at about 100 bytes per work)."""
+        engine = self.cue._engine
+        with anyio.fail_after(timeout):
+            while len(engine.parking) < items:
+                await anyio.sleep(0.001)

@@ -157,7 +157,7 @@ def _base_exception_summary(backend: str, kind: str, sync_handler: bool) -> dict
     seen, escaped = _base_exception_run(backend, ERRORS[kind], sync_handler)
     error = seen["error"]
     cue: runcue.Cue = seen["cue"]
-    finished = cue._engine.finished
+    finished = {work.id: work for work in cue._engine.finished.values()}
     stats = cue.stats()
     return {
         "caught": "same" if seen.get("caught") is error else repr(seen.get("caught")),

@@ -16,9 +16,11 @@ from runcue._queues import (
     NOWHERE,
     PARKED,
     QUEUED,
+    SWEPT,
     Delayed,
     Parking,
     SweepClock,
+    Swept,
     WorkQueue,
     order_key,
 )
@@ -33,7 +35,7 @@ async def _noop(work: runcue.WorkUnit) -> None:
 
 def make_work(n: int, *, seq: int | None = None, is_async: bool = True) -> runcue.WorkUnit:
     """A work unit as the scheduler holds it (a sequence number, a task spec)."""
-    work = runcue.WorkUnit(f"w{n}", "t", {"n": n})
+    work = runcue.WorkUnit("w", "t", {"n": n})
     work._seq = n if seq is None else seq
     work._task = TaskSpec(name="t", handler=_noop, is_async=is_async, service=None)
     return work
@@ -61,8 +63,8 @@ def test_a_queue_serves_priority_first_then_submission_order() -> None:
         queue.push(work, order_key(0.0, priority, 300.0))
     order = []
     while (popped := queue.pop()) is not None:
-        order.append(popped.id)
-    assert order == ["w1", "w4", "w0", "w2", "w3"]
+        order.append(popped.params["n"])
+    assert order == [1, 4, 0, 2, 3]
     assert len(queue) == 0
 
 
@@ -137,6 +139,35 @@ class FakeArtifact:
         return 0.0
 
 
+def test_swept_work_is_taken_once_in_parking_order() -> None:
+    """The swept part is a list with lazy removal: a work taken out leaves a stale entry
+    that no sweep returns; one parked again before a sweep is returned once; the list is
+    compacted when stale entries outnumber live ones."""
+    swept = Swept()
+    works = [make_work(n) for n in range(1, 6)]
+    for work in works:
+        swept.add(work)
+    assert len(swept) == 5 and all(work._where == SWEPT for work in works)
+    swept.discard(works[1])  # cancelled: its entry goes stale
+    works[1]._where = QUEUED
+    swept.discard(works[3])
+    swept.add(works[3])  # parked again before the sweep: two entries, one live work
+    assert len(swept) == 4
+    assert [work._seq for work in swept] == [1, 3, 4, 5]
+    taken = swept.take()
+    assert [work._seq for work in taken] == [1, 3, 4, 5]  # once each, in parking order
+    assert all(work._where == NOWHERE for work in taken)
+    assert len(swept) == 0 and swept.take() == []
+    many = [make_work(n) for n in range(200)]
+    for work in many:
+        swept.add(work)
+    for work in many[:150]:
+        swept.discard(work)
+    assert len(swept) == 50
+    assert len(swept.entries) <= 2 * 50 + 64  # compacted along the way
+    assert [work._seq for work in swept.take()] == list(range(150, 200))
+
+
 def test_parking_sorts_work_by_what_can_wake_it() -> None:
     """Callback-style work is swept; declared work waits precisely for a live producer, or
     as an orphan for outside changes (its first recheck one gap from now)."""
@@ -155,13 +186,10 @@ def test_parking_sorts_work_by_what_can_wake_it() -> None:
     orphan = make_work(4)
     orphan._missing = [outside]
     parking.park(orphan, ("not_ready", "waiting"), asked_inline=True, now=2.0)
-    assert (set(parking.swept), set(parking.precise), set(parking.orphans)) == (
-        {"w2"},
-        {"w3"},
-        {"w4"},
-    )
+    swept = {work._seq for work in parking.swept}
+    assert (swept, set(parking.precise), set(parking.orphans)) == ({2}, {3}, {4})
     assert sweeps.last_orphans == 2.0
-    assert all(work._where == PARKED for work in (callback, precise, orphan))
+    assert callback._where == SWEPT and precise._where == orphan._where == PARKED
     assert parking.producer_done(producer) == [precise]
     assert parking.precise == {}
     assert "made" not in parking.waiting_on and "made" not in parking.producers
@@ -174,11 +202,11 @@ def test_a_new_producer_moves_its_waiting_consumers_to_precise_parking() -> None
     consumer = make_work(1)
     consumer._missing = [item]
     parking.park(consumer, ("not_ready", "waiting"), asked_inline=True, now=0.0)
-    assert "w1" in parking.orphans
+    assert 1 in parking.orphans  # (the parts key works by number, work._seq)
     producer = make_work(2)
     producer._outputs = [item]
     parking.add_producer(producer)
-    assert "w1" in parking.precise and "w1" not in parking.orphans
+    assert 1 in parking.precise and 1 not in parking.orphans
 
 
 def test_forgetting_a_waiting_work_drops_its_keys() -> None:
@@ -229,8 +257,8 @@ class Counting(Limit):
         if self.room <= 0:
             return None
         self.room -= 1
-        self.log.append(("reserve", work.id))
-        return work.id
+        self.log.append(("reserve", work.params["n"]))
+        return work.params["n"]
 
     def release(self, hold: Any) -> None:
         self.room += 1
@@ -246,7 +274,7 @@ def test_admission_is_all_or_none() -> None:
     first, second = Counting(5), Counting(0)
     admission = Admission([first, second])
     assert admission.admit(make_work(1)) is None
-    assert first.log == [("reserve", "w1"), ("release", "w1")]
+    assert first.log == [("reserve", 1), ("release", 1)]
     assert (first.room, second.room) == (5, 0)
 
 
@@ -259,7 +287,7 @@ def test_holds_go_back_to_the_limits_that_gave_them() -> None:
     assert holds is not None and holds[0] is admission
     assert Admission([Counting(1)]).admit(make_work(2)) is not None  # (a newer admission)
     holds[0].settle(holds, make_work(1), 0.0, None)
-    assert limit.log == [("reserve", "w1"), ("settle", "w1")]
+    assert limit.log == [("reserve", 1), ("settle", 1)]
 
 
 def test_a_pause_gate_admits_again_exactly_when_it_ends() -> None:

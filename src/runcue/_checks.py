@@ -38,7 +38,7 @@ NOT_READY = ("not_ready", "is_ready returned False")
 Verdict = tuple[str, str]  # ("run" | "skip" | "not_ready" | "check_error", details)
 
 
-def _inputs_ready_given(producers: dict[Any, dict[str, WorkUnit]]) -> Callable[[WorkUnit], bool]:
+def _inputs_ready_given(producers: dict[Any, dict[int, WorkUnit]]) -> Callable[[WorkUnit], bool]:
     """Declared readiness, Make's way: every input exists and no other live work is about
     to (re)build it. The inputs it waits for are kept on the work (``work._missing``)."""
 
@@ -46,7 +46,7 @@ def _inputs_ready_given(producers: dict[Any, dict[str, WorkUnit]]) -> Callable[[
         waiting = []
         for item in work._inputs:
             builders = producers.get(artifact_key(item)) if producers else None
-            if builders and (len(builders) > 1 or work.id not in builders):
+            if builders and (len(builders) > 1 or work._seq not in builders):
                 waiting.append(item)  # pending or running work will (re)write it: wait
             elif not item.exists():
                 waiting.append(item)
@@ -111,7 +111,7 @@ class CheckRunner:
         self.calls = {"is_ready": 0, "is_stale": 0, "inputs": 0, "outputs": 0}
         self.declarations = False  # set once a task declares inputs or outputs
         self.active = False  # False: no check and no declaration, every work simply runs
-        self.producers: dict[Any, dict[str, WorkUnit]] = {}  # the scheduler's, shared
+        self.producers: dict[Any, dict[int, WorkUnit]] = {}  # the scheduler's, shared
         self.errors = 0
         self.spent = 0.0  # seconds in checks asked by verdict_now() (see take_spent)
         self._some_async = False  # an async is_ready or is_stale: answers need awaiting

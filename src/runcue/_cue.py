@@ -198,7 +198,6 @@ class Cue(Registry, Lifecycle):
             self._engine.fleet = Fleet(store, clock=anyio.current_time)
             self._engine.fleet.ttl = ttl  # type: ignore[assignment]
         self._id_prefix = os.urandom(3).hex()
-        self._ids = 0
         self._peek_every = DEADLINE_PEEK
         self._init_lifecycle()
 
@@ -308,15 +307,17 @@ class Cue(Registry, Lifecycle):
             dedup_key = ("key", task, key)
         elif spec.dedup:
             dedup_key = (task, _freeze_params(params))
-        self._ids += 1
+        engine = self._engine
+        engine.seq += 1
         work = WorkUnit(
-            f"{self._id_prefix}-{self._ids}",
+            self._id_prefix,  # its id is "<prefix>-<number>", made when asked (work.id)
             task,
             params,
             priority=float(priority),
             key=key,
             created_at=time.time(),
         )
+        work._seq = engine.seq
         work._task = spec
         service = self._services[spec.service]
         if tenant is not None or spec.cost is not None or service.tenants is not None:
@@ -374,8 +375,17 @@ class Cue(Registry, Lifecycle):
         )
 
     def _find(self, work_id: str) -> WorkUnit | None:
+        """The work whose id is ``work_id`` ("<this cue's prefix>-<number>"), if kept."""
+        if type(work_id) is not str:
+            return None
+        prefix, _, number = work_id.rpartition("-")
+        if prefix != self._id_prefix or not (number.isascii() and number.isdigit()):
+            return None
+        if number[0] == "0":
+            return None
+        seq = int(number)
         engine = self._engine
-        return engine.works.get(work_id) or engine.finished.get(work_id)
+        return engine.works.get(seq) or engine.finished.get(seq)
 
     async def get(self, work_id: str) -> WorkUnit | None:
         """The work unit with this id, or None (never submitted, or no longer kept)."""

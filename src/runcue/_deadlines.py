@@ -51,7 +51,7 @@ class Deadlines:
 
     def mark_pending(self, work: WorkUnit, now: float) -> None:
         """The work is (again) pending from ``now``."""
-        work._enqueued = now
+        work._more().enqueued = now  # (an entry whose time differs is stale)
         if self.pending_warn_after is not None:
             heapq.heappush(self.heap, (now + self.pending_warn_after, work._seq, _WARN, now, work))
         if self.pending_timeout is not None:
@@ -86,7 +86,8 @@ class Deadlines:
         heap = self.heap
         while heap and heap[0][0] <= now:
             _, _, kind, since, work = heapq.heappop(heap)
-            if work.state is not WorkState.PENDING or work._enqueued != since:
+            extra = work._extra
+            if work.state is not WorkState.PENDING or extra is None or extra.enqueued != since:
                 continue
             waited = now - since
             if kind == _WARN:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._artifacts import artifact_key
 from ._artifacts import describe as describe_artifact
-from ._queues import CHECKING, DELAYED, INTAKE, PARKED, QUEUED
+from ._queues import CHECKING, DELAYED, INTAKE, QUEUED, is_parked
 from ._stats import CueStats, LimitState, RateWindowStats, ServiceStats
 from ._work import WorkState, WorkUnit
 
@@ -46,7 +46,7 @@ def describe(engine: Scheduler, work: WorkUnit) -> tuple[str, str]:
     where = work._where
     now = engine.clock()
     blocked = work._blocked
-    if where == PARKED and blocked is not None:
+    if is_parked(where) and blocked is not None:
         if blocked[0] == "not_ready" and work._missing:
             return ("not_ready", missing_inputs(engine, work))
         return blocked

@@ -102,7 +102,7 @@ class Fleet:
         self.clock = clock
         self.owner = ""  # this cue's identity in the store (set when it starts)
         self.ttl = 10.0
-        self.holdings: dict[str, Holding] = {}  # work id -> what it holds
+        self.holdings: dict[int, Holding] = {}  # work._seq -> what it holds
         # Settlements the store did not take yet: (service, start name) -> (actual, horizon).
         self.unsettled: dict[tuple[str, str], tuple[dict[str, float], float]] = {}
         self.costs = isinstance(store, CostStore)  # the store keeps cost windows
@@ -115,13 +115,13 @@ class Fleet:
         self._keeper_event = None
 
     def _holding(self, work: WorkUnit) -> Holding:
-        holding = self.holdings.get(work.id)
+        holding = self.holdings.get(work._seq)
         if holding is None:
-            holding = self.holdings[work.id] = Holding()
+            holding = self.holdings[work._seq] = Holding()
         return holding
 
     def claimed(self, work: WorkUnit) -> bool:
-        holding = self.holdings.get(work.id)
+        holding = self.holdings.get(work._seq)
         return holding is not None and holding.claim is not None
 
     def _wanted(self) -> None:
@@ -341,7 +341,7 @@ class Fleet:
 
     def guard(self, work: WorkUnit) -> anyio.CancelScope | None:
         """A cancel scope for the handler of work that holds something (else None)."""
-        holding = self.holdings.get(work.id)
+        holding = self.holdings.get(work._seq)
         if holding is None:
             return None
         holding.started = True
@@ -352,7 +352,7 @@ class Fleet:
 
     def lost(self, work: WorkUnit, scope: anyio.CancelScope) -> LeaseLost | None:
         """After the handler: the error when its holding was lost (and its scope cancelled)."""
-        holding = self.holdings.get(work.id)
+        holding = self.holdings.get(work._seq)
         if holding is None:
             return None
         holding.scope = None
@@ -369,14 +369,14 @@ class Fleet:
     async def after_attempt(self, work: WorkUnit, error: BaseException | None) -> None:
         """Give the attempt's lease back (and pause the service for every process after a
         ``RateLimited``); shielded and bounded, like every store call at an attempt's end."""
-        holding = self.holdings.get(work.id)
+        holding = self.holdings.get(work._seq)
         if holding is None or holding.service is None:
             return
         service_name, lease, costed = holding.service, holding.lease, holding.costed
         holding.service = holding.lease = holding.costed = None
         holding.leased_until = math.inf
         if holding.claim is None:
-            del self.holdings[work.id]
+            del self.holdings[work._seq]
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             if costed is not None:
                 charged = _charged(work)
@@ -391,11 +391,11 @@ class Fleet:
                 logger.warning("runcue: giving lease %s back failed (%r)", lease, exc)
 
     def holds(self, work: WorkUnit) -> bool:
-        return work.id in self.holdings
+        return work._seq in self.holdings
 
     async def give_back(self, work: WorkUnit) -> None:
         """Return a finished (or cancelled) work's lease and claim (shielded, bounded)."""
-        holding = self.holdings.pop(work.id, None)
+        holding = self.holdings.pop(work._seq, None)
         if holding is None:
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ._artifacts import Snapshot, declared_stale, describe
 from ._errors import RateLimited, WorkCancelled
 from ._hooks import logger
-from ._queues import DELAYED, NOWHERE, PARKED, QUEUED
+from ._queues import DELAYED, NOWHERE, QUEUED, is_parked
 from ._work import WorkState, WorkUnit
 
 if TYPE_CHECKING:
@@ -248,7 +248,7 @@ class Outcomes:
         """Move a work unit to its terminal state and tell everyone who waits (``now``: the
         loop's time, when the caller just read it)."""
         engine = self.engine
-        if work._where == QUEUED or work._where == PARKED:
+        if work._where == QUEUED or is_parked(work._where):
             engine.unqueue(work)
         else:
             work._where = NOWHERE
@@ -257,8 +257,8 @@ class Outcomes:
         work.exception = exception
         work.completed_at = time.time()
         work._scope = None
-        work_id = work.id
-        engine.works.pop(work_id, None)
+        seq = work._seq
+        engine.works.pop(seq, None)
         parking = engine.parking
         if work._outputs:
             woken = parking.producer_done(work)
@@ -279,14 +279,14 @@ class Outcomes:
         keep = engine.keep_finished
         finished = engine.finished
         if keep is None:
-            finished[work_id] = work
+            finished[seq] = work
         elif keep > 0:
-            finished[work_id] = work
+            finished[seq] = work
             if len(finished) > keep:
                 finished.popitem(last=False)  # the oldest
         reports = engine.reports
         if reports.waiters:
-            reports.finished(work_id)
+            reports.finished(seq)
         if not engine.works or engine.running <= 1:
             reports.check_idle()
         if parking.swept and state is not WorkState.CANCELLED:

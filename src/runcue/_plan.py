@@ -209,7 +209,7 @@ class _Asker:
 
 
 def _inputs_of(
-    work: WorkUnit, producers: Mapping[Any, Mapping[str, WorkUnit]]
+    work: WorkUnit, producers: Mapping[Any, Mapping[int, WorkUnit]]
 ) -> builtins.list[tuple[Any, builtins.list[WorkUnit]]]:
     """Each declared input with the live works (other than ``work``) that make it."""
     found = []

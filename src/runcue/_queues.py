@@ -8,7 +8,9 @@ Where a pending work unit is (``work._where``):
 - ``QUEUED``: in its service's :class:`WorkQueue`, waiting for room. Its checks are asked only
   when room exists, right before it would start, so they see the freshest artifacts and work
   behind a full service costs no check calls at all.
-- ``PARKED``: ``is_ready`` said no (or a check raised): in the :class:`Parking`.
+- ``PARKED``: ``is_ready`` said no (or a check raised): in the :class:`Parking`, waiting for
+  a producer (``precise``) or for the world outside (``orphans``).
+- ``SWEPT``: parked too, in the part every sweep rechecks (:class:`Swept`).
 - ``DELAYED``: failed, waiting for its retry backoff (or for a claim held elsewhere): in
   :class:`Delayed`.
 - ``CHECKING``: its checks (or a store round trip) are being awaited.
@@ -49,14 +51,74 @@ __all__ = [
     "PARKED",
     "QUEUED",
     "RUNNING",
+    "SWEPT",
     "Delayed",
     "Parking",
     "SweepClock",
+    "Swept",
     "WorkQueue",
     "order_key",
 ]
 
-NOWHERE, INTAKE, QUEUED, PARKED, DELAYED, CHECKING, RUNNING = range(7)
+NOWHERE, INTAKE, QUEUED, PARKED, DELAYED, CHECKING, RUNNING, SWEPT = range(8)
+
+
+def is_parked(where: int) -> bool:
+    """``work._where`` says it is in the :class:`Parking` (any part of it)."""
+    return where in (PARKED, SWEPT)
+
+
+class Swept:
+    """The parked work every sweep rechecks, in the order it was parked.
+
+    A list with lazy removal rather than a dict: a work here costs one list slot (8 bytes, not
+    a dict entry's 30-50), which matters when tens of thousands of works wait for callbacks to
+    say they are ready. A work is here while its ``_where`` is ``SWEPT``; one taken out (cancelled,
+    woken by a producer) leaves a stale entry behind, skipped by the next sweep, and the list
+    is compacted when stale entries outnumber live ones. A work parked again before that has
+    two entries: whichever is met first takes it (its ``_where`` moves on), the other is stale.
+    """
+
+    __slots__ = ("entries", "live")
+
+    def __init__(self) -> None:
+        self.entries: list[WorkUnit] = []
+        self.live = 0
+
+    def __len__(self) -> int:
+        return self.live
+
+    def __iter__(self) -> Iterator[WorkUnit]:
+        """The live works, each once (not on a hot path: diagnosis, tests)."""
+        seen: set[int] = set()
+        for work in self.entries:
+            if work._where == SWEPT and id(work) not in seen:
+                seen.add(id(work))
+                yield work
+
+    def add(self, work: WorkUnit) -> None:
+        work._where = SWEPT
+        self.entries.append(work)
+        self.live += 1
+
+    def discard(self, work: WorkUnit) -> None:
+        """Take a work out (the caller gives it its next ``_where``)."""
+        work._where = NOWHERE
+        self.live -= 1
+        if len(self.entries) > 2 * self.live + 64:
+            self.entries = list(self)
+
+    def take(self) -> list[WorkUnit]:
+        """Every live work, taken out (each ``_where`` is NOWHERE until the caller's)."""
+        taken = []
+        for work in self.entries:
+            if work._where == SWEPT:
+                work._where = NOWHERE  # (a second entry of it is stale now)
+                taken.append(work)
+        self.entries = []
+        self.live = 0
+        return taken
+
 
 SWEEP_BUDGET = 3.0  # completion sweeps wait >= this x the check time the last sweep cost
 PERIODIC_BUDGET = 100.0  # periodic sweeps wait >= this x the check time the last sweep cost
@@ -194,12 +256,12 @@ class Parking:
 
     def __init__(self, sweeps: SweepClock) -> None:
         self.sweeps = sweeps
-        self.swept: dict[str, WorkUnit] = {}
-        self.precise: dict[str, WorkUnit] = {}
-        self.orphans: dict[str, WorkUnit] = {}
-        self.producers: dict[Any, dict[str, WorkUnit]] = {}  # output key -> live producers
-        self.waiting_on: dict[Any, dict[str, WorkUnit]] = {}  # input key -> parked consumers
-        self.waits_for: dict[str, list[Any]] = {}  # work id -> its keys in waiting_on
+        self.swept = Swept()
+        self.precise: dict[int, WorkUnit] = {}
+        self.orphans: dict[int, WorkUnit] = {}
+        self.producers: dict[Any, dict[int, WorkUnit]] = {}  # output key -> live producers
+        self.waiting_on: dict[Any, dict[int, WorkUnit]] = {}  # input key -> parked consumers
+        self.waits_for: dict[int, list[Any]] = {}  # work._seq -> its keys in waiting_on
 
     def __len__(self) -> int:
         return len(self.swept) + len(self.precise) + len(self.orphans)
@@ -219,35 +281,38 @@ class Parking:
             for item in work._missing:
                 key = artifact_key(item)
                 keys.append(key)
-                self.waiting_on.setdefault(key, {})[work.id] = work
+                self.waiting_on.setdefault(key, {})[work._seq] = work
                 producers = self.producers.get(key)
                 if producers and any(p is not work for p in producers.values()):
                     precise = True
-            self.waits_for[work.id] = keys
+            self.waits_for[work._seq] = keys
         if precise:
-            self.precise[work.id] = work
+            self.precise[work._seq] = work
         elif work._missing and reason == "not_ready" and asked_inline:
             # (Only when no await came between asking and here: a producer that finished
             # meanwhile may have made the input; then completions' sweeps must see it.)
             if not self.orphans:
                 self.sweeps.last_orphans = now  # its first recheck: one gap from now
-            self.orphans[work.id] = work
+            self.orphans[work._seq] = work
         else:
-            self.swept[work.id] = work
+            self.swept.add(work)
 
     def unpark(self, work: WorkUnit) -> None:
         """Take a parked work out of whichever part holds it (its ``_where`` is the caller's)."""
-        work_id = work.id
-        if self.swept.pop(work_id, None) is None and self.precise.pop(work_id, None) is None:
-            self.orphans.pop(work_id, None)
+        if work._where == SWEPT:
+            self.swept.discard(work)
+            return
+        seq = work._seq
+        if self.precise.pop(seq, None) is None:
+            self.orphans.pop(seq, None)
 
     def forget_waiting(self, work: WorkUnit) -> None:
         """Take a work out of ``waiting_on`` (and drop the keys nobody waits for any more)."""
         waiting_on = self.waiting_on
-        for key in self.waits_for.pop(work.id, ()):
+        for key in self.waits_for.pop(work._seq, ()):
             waiting = waiting_on.get(key)
             if waiting is not None:
-                waiting.pop(work.id, None)
+                waiting.pop(work._seq, None)
                 if not waiting:
                     del waiting_on[key]
 
@@ -255,15 +320,16 @@ class Parking:
         """A new work declares outputs: work waiting for them now waits for it, precisely."""
         for output in work._outputs:
             key = artifact_key(output)
-            self.producers.setdefault(key, {})[work.id] = work
+            self.producers.setdefault(key, {})[work._seq] = work
             for dependent in self.waiting_on.get(key, {}).values():
                 # It waited for an input nobody produced; now this work will: wake it
                 # precisely when this one finishes instead of sweeping it.
-                if (
-                    self.swept.pop(dependent.id, None) is not None
-                    or self.orphans.pop(dependent.id, None) is not None
-                ):
-                    self.precise[dependent.id] = dependent
+                if dependent._where == SWEPT:
+                    self.swept.discard(dependent)
+                    dependent._where = PARKED
+                    self.precise[dependent._seq] = dependent
+                elif self.orphans.pop(dependent._seq, None) is not None:
+                    self.precise[dependent._seq] = dependent
 
     def producer_done(self, work: WorkUnit) -> list[WorkUnit]:
         """A producer finished: the parked work that waits for its outputs, taken out of the
@@ -273,31 +339,31 @@ class Parking:
             key = artifact_key(output)
             producers = self.producers.get(key)
             if producers is not None:
-                producers.pop(work.id, None)
+                producers.pop(work._seq, None)
                 if not producers:
                     del self.producers[key]
             for dependent in self.waiting_on.pop(key, {}).values():
-                if dependent._where == PARKED:
+                if is_parked(dependent._where):
                     self.unpark(dependent)
                     woken.append(dependent)
         return woken
 
     def take_swept(self) -> list[WorkUnit]:
         """Every work a sweep rechecks, taken out of the parking."""
-        swept, self.swept = self.swept, {}
-        return list(swept.values())
+        return self.swept.take()
 
     def orphans_to_sweep(self) -> None:
         """The periodic recheck of work waiting for inputs made outside the cue."""
-        self.swept.update(self.orphans)
+        for work in self.orphans.values():
+            self.swept.add(work)
         self.orphans.clear()
 
     def everything_to_sweep(self) -> None:
         """``poke()``: every parked work is rechecked by the next sweep."""
-        self.swept.update(self.precise)
-        self.swept.update(self.orphans)
-        self.precise.clear()
-        self.orphans.clear()
+        for part in (self.precise, self.orphans):
+            for work in part.values():
+                self.swept.add(work)
+            part.clear()
 
 
 class SweepClock:

@@ -65,7 +65,7 @@ class Reports:
         self.listeners: tuple[Callable[[WorkEvent], object], ...] = ()
         self.async_hooks: frozenset[str] = frozenset()  # the names of async event callbacks
         self.reporting = 0  # async callbacks being awaited; join() and stop() wait for them
-        self.waiters: dict[str, anyio.Event] = {}
+        self.waiters: dict[int, anyio.Event] = {}  # by work._seq
         self.idle = anyio.Event()
         self.idle.set()
         self.is_idle = True  # mirrors idle.is_set(), cheaper to read per submit
@@ -199,9 +199,9 @@ class Reports:
             self.is_idle = True
             self.idle.set()
 
-    def finished(self, work_id: str) -> None:
-        """A work reached its end: wake its wait()ers."""
-        waiter = self.waiters.pop(work_id, None)
+    def finished(self, seq: int) -> None:
+        """A work reached its end: wake its wait()ers (``seq``: its ``_seq``)."""
+        waiter = self.waiters.pop(seq, None)
         if waiter is not None:
             waiter.set()
 
@@ -226,7 +226,7 @@ class Reports:
     async def wait_for(self, work: WorkUnit) -> None:
         if work.state.finished:
             return
-        event = self.waiters.get(work.id)
+        event = self.waiters.get(work._seq)
         if event is None:
-            event = self.waiters[work.id] = anyio.Event()
+            event = self.waiters[work._seq] = anyio.Event()
         await event.wait()

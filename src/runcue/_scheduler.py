@@ -54,6 +54,7 @@ from ._queues import (
     PARKED,
     QUEUED,
     RUNNING,
+    SWEPT,
     Delayed,
     Parking,
     SweepClock,
@@ -129,8 +130,8 @@ class Scheduler:
         self.tg: TaskGroup | None = None
         self.closing = False
 
-        self.works: dict[str, WorkUnit] = {}  # pending and running
-        self.finished: OrderedDict[str, WorkUnit] = OrderedDict()  # oldest first
+        self.works: dict[int, WorkUnit] = {}  # pending and running, by number (work._seq)
+        self.finished: OrderedDict[int, WorkUnit] = OrderedDict()  # by _seq, oldest first
         # Live work by the hash of its identity (task and params, or its key), kept only for
         # work that asked for de-duplication: only the int is kept, and equality is checked
         # on the work itself. Hash collisions chain in a list.
@@ -277,13 +278,11 @@ class Scheduler:
                 chain.append(work)
                 self.dedup[digest] = chain
             work._dedup_key = digest
-        self.seq += 1
-        work._seq = self.seq
         if now is None:
             now = self.clock()
         work._submitted = now
         work._where = INTAKE
-        self.works[work.id] = work
+        self.works[work._seq] = work
         self.submitted += 1
         if work._outputs:
             self.parking.add_producer(work)
@@ -292,8 +291,6 @@ class Scheduler:
             reports.busy()
         if self.deadlines.watches_pending:
             self.deadlines.mark_pending(work, now)
-        else:
-            work._enqueued = now
         if reports.listeners:
             reports.emit("queued", work, now=now)
         if self._send is None:
@@ -373,7 +370,7 @@ class Scheduler:
             service.queue.discard(work)
             if not service.queue.live:
                 self.queued_services.pop(service, None)
-        elif where == PARKED:
+        elif where in (PARKED, SWEPT):
             self.parking.unpark(work)
         work._where = NOWHERE
 

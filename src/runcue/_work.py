@@ -53,13 +53,11 @@ class WorkUnit:
 
     __slots__ = (
         "_blocked",
-        "_cancel_requested",
-        "_dedup_key",
-        "_enqueued",
         "_extra",
         "_holds",
         "_inputs",
         "_missing",
+        "_name",
         "_outputs",
         "_scope",
         "_seq",
@@ -71,7 +69,6 @@ class WorkUnit:
         "completed_at",
         "created_at",
         "exception",
-        "id",
         "key",
         "params",
         "priority",
@@ -82,7 +79,6 @@ class WorkUnit:
         "task",
     )
 
-    id: str
     task: str
     params: Mapping[str, Any]
     attempt: int
@@ -96,13 +92,14 @@ class WorkUnit:
     started_at: float | None
     completed_at: float | None
     # Scheduler-owned.
-    _seq: int
+    # The id: "<_name>-<_seq>" for submitted work (the cue's prefix and its number, joined
+    # only when asked: a pending work holds no string of its own); a work built by hand
+    # (runcue 0.2 code, tests) has _seq 0 and its id in _name.
+    _name: str
+    _seq: int  # the submission number (also FIFO order among equal priorities)
     _submitted: float  # anyio.current_time() at submission
-    _enqueued: float  # anyio.current_time() when it last joined a queue
     _blocked: tuple[str, str] | None  # (reason, details) while parked
     _scope: RunnerScope | None
-    _cancel_requested: bool
-    _dedup_key: Any
     _inputs: list[Any]  # declared input artifacts (empty when none)
     _outputs: list[Any]  # declared output artifacts
     _missing: list[Any]  # inputs missing at the last check
@@ -131,7 +128,8 @@ class WorkUnit:
         # The keywords are runcue 0.2's WorkUnit fields, so code that builds work units
         # itself (tests, a priority function's fixtures) constructs them as it did; ``error``
         # is kept as an exception whose message it is.
-        self.id = id
+        self._name = id
+        self._seq = 0
         self.task = task
         self.params = {} if params is None else params
         self.attempt = attempt
@@ -145,18 +143,40 @@ class WorkUnit:
         self.created_at = created_at
         self.started_at = started_at
         self.completed_at = completed_at
-        self._seq = 0
         self._submitted = 0.0
-        self._enqueued = 0.0
         self._blocked = None
         self._scope = None
-        self._cancel_requested = False
-        self._dedup_key = None
         self._inputs = self._outputs = self._missing = _NONE
         self._task = None
         self._where = 0
         self._holds = None
         self._token = 0
+
+    @property
+    def id(self) -> str:
+        """Its id, as ``submit()`` returned it."""
+        seq = self._seq
+        return f"{self._name}-{seq}" if seq else self._name
+
+    # The fields few works ever set, kept in _extra (see WorkExtra).
+
+    @property
+    def _cancel_requested(self) -> bool:
+        extra = self._extra
+        return extra is not None and extra.cancel_requested
+
+    @_cancel_requested.setter
+    def _cancel_requested(self, value: bool) -> None:
+        self._more().cancel_requested = value
+
+    @property
+    def _dedup_key(self) -> Any:
+        extra = self._extra
+        return None if extra is None else extra.dedup_key
+
+    @_dedup_key.setter
+    def _dedup_key(self, value: Any) -> None:
+        self._more().dedup_key = value
 
     @property
     def error(self) -> str | None:
@@ -244,9 +264,20 @@ class WorkUnit:
 class WorkExtra:
     """What few works carry: kept aside, so a plain work costs no memory for it."""
 
-    __slots__ = ("charged", "cost", "fencing_token", "tenant")
+    __slots__ = (
+        "cancel_requested",
+        "charged",
+        "cost",
+        "dedup_key",
+        "enqueued",
+        "fencing_token",
+        "tenant",
+    )
 
     def __init__(self) -> None:
+        self.cancel_requested = False  # cue.cancel() or stop() asked for it
+        self.dedup_key: Any = None  # its digest in the de-duplication index
+        self.enqueued = 0.0  # when it last became pending (with pending deadlines only)
         self.fencing_token: int | None = None
         self.tenant: Any = None
         self.cost: dict[str, float] | None = None  # the estimate, checked at submit
