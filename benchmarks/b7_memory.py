@@ -2,9 +2,10 @@
 
 ``tracemalloc`` current memory once every item was submitted, asked ``is_ready`` once and
 parked (not while a sweep has put them back into their queue to ask again: that costs about
-100 B per item more, for the moment the sweep takes), minus the memory of the same started cue before the first submission, after
-``gc.collect()``, over the item count. The baseline is the least a queue can hold: a
-``__slots__`` record (id, task, params) per item in a dict keyed by id, with the same params.
+100 B per item more, for the moment the sweep takes), minus the memory of the same started
+cue before the first submission, after ``gc.collect()``, over the item count. The baseline
+is the least a queue can hold: a ``__slots__`` record (id, task, params) per item in a dict
+keyed by id, with the same params.
 
 A second baseline shows what bounds the target: the least a scheduler with runcue's API can
 hold per pending item — a 7-field ``__slots__`` record (string id, task, params, state,
