@@ -382,15 +382,21 @@ class CostLimiter:
         if not isinstance(estimate, Mapping):
             msg = f"a cost estimate must be a mapping such as {{'tokens': 1200}}, got {estimate!r}"
             raise ValueError(msg)
-        amounts = dict.fromkeys(self.dimensions, 0.0)
-        for dimension, amount in estimate.items():
+        return self._put(dict.fromkeys(self.dimensions, 0.0), estimate, "the cost")
+
+    def _put(
+        self, amounts: dict[str, float], given: Mapping[str, float], what: str
+    ) -> dict[str, float]:
+        """``amounts`` with ``given``'s amounts put in, each checked (a declared dimension,
+        a finite number >= 0)."""
+        for dimension, amount in given.items():
             if dimension not in self._windows:
                 msg = (
                     f"cost {dimension!r} is not declared by the service "
                     f"(it declares {', '.join(map(repr, self.dimensions))})"
                 )
                 raise ValueError(msg)
-            amounts[dimension] = check_amount(amount, f"the cost {dimension!r}")
+            amounts[dimension] = check_amount(amount, f"{what} {dimension!r}")
         return amounts
 
     def fits(self, estimate: Mapping[str, float]) -> bool:
@@ -510,14 +516,7 @@ class CostLimiter:
             if not isinstance(actual, Mapping):
                 msg = f"an actual cost must be a mapping such as {{'tokens': 950}}, got {actual!r}"
                 raise ValueError(msg)
-            for dimension, amount in actual.items():
-                if dimension not in self._windows:
-                    msg = (
-                        f"cost {dimension!r} is not declared by the service "
-                        f"(it declares {', '.join(map(repr, self.dimensions))})"
-                    )
-                    raise ValueError(msg)
-                amounts[dimension] = check_amount(amount, f"the actual cost {dimension!r}")
+            self._put(amounts, actual, "the actual cost")
         for dimension, window, hold in handle._holds:
             window.settle(hold, amounts[dimension])
         refund = any(amounts[d] < handle.estimate[d] for d in self.dimensions)

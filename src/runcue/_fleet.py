@@ -160,24 +160,16 @@ class Fleet:
         costs = self._costs(service, work)
         sent_at = self.clock()
         try:
-            if costs:
-                assert isinstance(self.store, CostStore)
-                answer = await self.store.acquire(
-                    service.name,
-                    windows=windows,
-                    concurrent=service.concurrent,
-                    lease=lease,
-                    ttl=self.ttl,
-                    costs=costs,
-                )
-            else:
-                answer = await self.store.acquire(
-                    service.name,
-                    windows=windows,
-                    concurrent=service.concurrent,
-                    lease=lease,
-                    ttl=self.ttl,
-                )
+            # (costs= only to a CostStore: a Store written before costs takes no such keyword)
+            extra: dict[str, Any] = {"costs": costs} if costs else {}
+            answer = await self.store.acquire(
+                service.name,
+                windows=windows,
+                concurrent=service.concurrent,
+                lease=lease,
+                ttl=self.ttl,
+                **extra,
+            )
             wait, token = _answer(answer)
         except CostTooLargeError as exc:
             # Only after the service's cost windows were made smaller than this estimate
