@@ -8,6 +8,7 @@ from ._artifacts import Artifact as Artifact
 from ._artifacts import File as File
 from ._artifacts import atomic_write as atomic_write
 from ._cue import Cue as Cue
+from ._errors import CueFull as CueFull
 from ._errors import CueStateError as CueStateError
 from ._errors import HandlerTimeout as HandlerTimeout
 from ._errors import InvalidRateError as InvalidRateError
@@ -16,6 +17,7 @@ from ._errors import PendingTimeout as PendingTimeout
 from ._errors import RateLimited as RateLimited
 from ._errors import RuncueError as RuncueError
 from ._errors import StallTimeout as StallTimeout
+from ._errors import SubmitDeadlock as SubmitDeadlock
 from ._errors import UnknownServiceError as UnknownServiceError
 from ._errors import UnknownTaskError as UnknownTaskError
 from ._errors import WorkCancelled as WorkCancelled
@@ -36,6 +38,7 @@ from ._stats import RateWindowStats as RateWindowStats
 from ._stats import ServiceStats as ServiceStats
 from ._store import Grant as Grant
 from ._store import Store as Store
+from ._stream import WorkStream as WorkStream
 from ._task import Backoff as Backoff
 from ._task import TaskSpec as TaskSpec
 from ._timeline import Timeline as Timeline
@@ -54,6 +57,7 @@ __all__ = [
     "File",
     "Grant",
     "GraphReport",
+    "CueFull",
     "CueStateError",
     "CueStats",
     "HandlerTimeout",
@@ -70,6 +74,7 @@ __all__ = [
     "ServiceStats",
     "StallTimeout",
     "Store",
+    "SubmitDeadlock",
     "TaskSpec",
     "Timeline",
     "UnknownServiceError",
@@ -78,6 +83,7 @@ __all__ = [
     "WorkEvent",
     "WorkNotFound",
     "WorkState",
+    "WorkStream",
     "WorkTimeout",
     "WorkUnit",
     "atomic_write",

@@ -8,7 +8,8 @@ bounded by ``check_timeout`` and counted, so ``join()`` and ``stop()`` wait for 
 (``cue.subscribe``) get every :class:`WorkEvent`, synchronously, after the cue's bookkeeping.
 
 It also keeps the cue's waiting points: ``join()`` (nothing pending, running or being
-reported), ``wait()`` on one work, and ``stop()``'s wait for running handlers.
+reported), ``wait()`` on one work, ``stop()``'s wait for running handlers, and the watchers
+that ``cue.map()`` keeps on the works it submitted (told synchronously when one ends).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ __all__ = ["IN_REPORT", "IN_RUNNER", "Reports"]
 
 IN_RUNNER: contextvars.ContextVar[bool] = contextvars.ContextVar("runcue_in_runner", default=False)
 IN_REPORT: contextvars.ContextVar[bool] = contextvars.ContextVar("runcue_in_report", default=False)
+
+Watcher = Callable[["WorkUnit"], None]
 
 _new_event = tuple.__new__
 _END_KINDS = {state: state.value for state in WorkState}
@@ -66,6 +69,8 @@ class Reports:
         self.async_hooks: frozenset[str] = frozenset()  # the names of async event callbacks
         self.reporting = 0  # async callbacks being awaited; join() and stop() wait for them
         self.waiters: dict[str, anyio.Event] = {}
+        # work id -> called with the work when it ends (cue.map); a list when several watch.
+        self.watchers: dict[str, Watcher | list[Watcher]] = {}
         self.idle = anyio.Event()
         self.idle.set()
         self.is_idle = True  # mirrors idle.is_set(), cheaper to read per submit
@@ -204,6 +209,32 @@ class Reports:
         waiter = self.waiters.pop(work_id, None)
         if waiter is not None:
             waiter.set()
+
+    def watch(self, work_id: str, watcher: Watcher) -> None:
+        """Call ``watcher(work)`` when the work ends (it must be quick and never raise)."""
+        known = self.watchers.get(work_id)
+        if known is None:
+            self.watchers[work_id] = watcher
+        elif isinstance(known, list):
+            known.append(watcher)
+        else:
+            self.watchers[work_id] = [known, watcher]
+
+    def unwatch(self, work_id: str, watcher: Watcher) -> None:
+        known = self.watchers.get(work_id)
+        if known is watcher:
+            del self.watchers[work_id]
+        elif isinstance(known, list) and watcher in known:
+            known.remove(watcher)
+
+    def watched(self, work: WorkUnit) -> None:
+        """A work ended: tell its watchers."""
+        known = self.watchers.pop(work.id, None)
+        if isinstance(known, list):
+            for watcher in known:
+                watcher(work)
+        elif known is not None:
+            known(work)
 
     async def wait_no_running(self, *, reports: bool = True) -> None:
         """Until no handler runs (and, with ``reports``, no callback is being awaited) -- but

@@ -1,0 +1,365 @@
+"""Streaming results: ``cue.map(task, inputs)`` submits one work per input, with backpressure,
+and yields each work as it finishes (or in input order) -- aiometer's ``amap`` with runcue's
+limits, checks and retries.
+
+The shape is the one AnyIO and trio recommend over an async generator (which must never
+yield inside a cancel scope or task group): a plain class that is an async iterator and an
+async context manager, fed from a task in the cue's own task group.
+
+- **The feeder** (``_Feed.feed``, a task of the cue) reads the inputs, sync or async, and
+  submits each with ``cue.submit`` (so ``max_pending`` holds too) while fewer than
+  ``window`` of its works are open: submitted and not yet yielded, whether they run, wait or
+  are finished. Memory is bounded by the window, however slow the consumer.
+- **Finished works** reach it synchronously: the cue calls a watcher when each ends
+  (``Reports.watch``), which puts it in a queue (or, with ``ordered=True``, under its input
+  position) and wakes the consumer if it waits.
+- **The consumer** (``async for``) takes one at a time; taking frees a place in the window
+  and wakes the feeder once a sixteenth of the window is free.
+
+Every end of a stream goes through one of two doors. ``close()`` -- leaving ``async with``,
+``aclose()``, or an error raised from ``async for`` -- cancels the feeder, waits for it to
+end, and cancels every work the stream submitted that has not finished. A stream dropped
+without closing (a plain ``async for`` left by ``break`` or a cancellation) is closed by its
+``__del__``: the feeder is cancelled and, in its own task, cancels the stream's unfinished
+works; if it had already read every input, those works run to their end instead.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterable, Awaitable, Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+
+from ._errors import CueStateError
+from ._hooks import logger
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from ._cue import Cue
+    from ._work import WorkUnit
+
+__all__ = ["DEFAULT_WINDOW", "Inputs", "WorkStream", "open_stream"]
+
+DEFAULT_WINDOW = 1_000  # works open at once when neither window= nor max_pending says
+TAKE_SLICE = 256  # a consumer that never had to wait lets other tasks run this often
+
+NEW, OPEN, CLOSED = "new", "open", "closed"
+
+Inputs = Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]]
+
+
+class _Feed:
+    """The state a stream shares with its feeder task and the cue's watcher."""
+
+    __slots__ = (
+        "abandoned",
+        "borrowed",
+        "consumer",
+        "cue",
+        "error",
+        "exhausted",
+        "feeding",
+        "inputs",
+        "next_position",
+        "on_end",
+        "open",
+        "ordered",
+        "priority",
+        "producer",
+        "ready",
+        "ready_at",
+        "resume_at",
+        "scope",
+        "state",
+        "submitted",
+        "taken",
+        "task",
+        "unfinished",
+        "window",
+    )
+
+    def __init__(
+        self,
+        cue: Cue,
+        task: str,
+        inputs: Inputs,
+        *,
+        window: int,
+        ordered: bool,
+        priority: float | None,
+    ) -> None:
+        self.cue = cue
+        self.task = task
+        self.inputs = inputs
+        self.window = window
+        self.resume_at = window - max(1, window // 16)
+        self.ordered = ordered
+        self.priority = priority
+        self.state = NEW
+        self.abandoned = False
+        self.unfinished: dict[str, int | list[int]] = {}  # work id -> its input position(s)
+        self.borrowed: set[str] = set()  # de-duplicated into live work this stream did not make
+        self.ready: deque[WorkUnit] = deque()  # finished, not yet yielded (as they finish)
+        self.ready_at: dict[int, WorkUnit] = {}  # ... by input position (ordered=True)
+        self.next_position = 0  # ordered: the position to yield next
+        self.submitted = 0  # inputs submitted
+        self.open = 0  # submitted and not yet yielded: at most `window`
+        self.taken = 0  # yielded since the consumer last waited
+        self.exhausted = False  # every input was submitted
+        self.error: BaseException | None = None  # raised from the consumer's next step
+        self.scope: anyio.CancelScope | None = None  # the feeder's
+        self.feeding: anyio.Event | None = None  # set when the feeder ended
+        self.consumer: anyio.Event | None = None  # a waiting consumer's
+        self.producer: anyio.Event | None = None  # the feeder's, waiting for the window
+        self.on_end = self.finished  # one bound method: the watcher, as registered
+
+    # ------------------------------------------------------------------ the feeder
+
+    def start(self) -> None:
+        engine = self.cue._engine
+        if engine.tg is None or engine.closing:
+            msg = (
+                f"cue.map({self.task!r}, ...) needs a running cue: iterate it inside"
+                " 'async with cue:' (or between cue.start() and cue.stop())"
+            )
+            raise CueStateError(msg)
+        self.state = OPEN
+        self.scope = anyio.CancelScope()
+        self.feeding = anyio.Event()
+        engine.tg.start_soon(self.feed, name=f"runcue map {self.task!r}")
+
+    async def feed(self) -> None:
+        """The feeder task: submit every input while the window has room."""
+        assert self.scope is not None and self.feeding is not None
+        try:
+            with self.scope:
+                inputs = self.inputs
+                if isinstance(inputs, AsyncIterable):
+                    async for params in inputs:
+                        await self.submit(params)
+                else:
+                    for params in inputs:
+                        await self.submit(params)
+                self.exhausted = True
+        except anyio.get_cancelled_exc_class():
+            if self.state is not CLOSED:
+                self.error = CueStateError(
+                    f"the cue stopped while cue.map({self.task!r}, ...) was submitting"
+                )
+            raise
+        except Exception as exc:  # the inputs raised, or submit() refused one: the consumer's
+            self.error = exc
+        finally:
+            self.feeding.set()
+            self.wake_consumer()
+            if self.abandoned:
+                self.drop()
+
+    async def submit(self, params: Mapping[str, Any]) -> None:
+        while self.open >= self.window:
+            event = self.producer = anyio.Event()
+            await event.wait()
+        cue = self.cue
+        position = self.submitted
+        work_id = await cue.submit(self.task, params, priority=self.priority)
+        # (no await from here on: the work cannot have ended yet)
+        engine = cue._engine
+        self.submitted += 1
+        self.open += 1
+        known = self.unfinished.get(work_id)
+        if known is None:
+            work = engine.works[work_id]
+            if work._seq != engine.seq:  # not the newest work: a live twin, not ours
+                self.borrowed.add(work_id)
+            self.unfinished[work_id] = position
+            engine.reports.watch(work_id, self.on_end)
+        elif isinstance(known, list):
+            known.append(position)
+        else:
+            self.unfinished[work_id] = [known, position]
+        if self.state is CLOSED:
+            self.drop()  # closed while the submission waited
+
+    # ------------------------------------------------------------------ the consumer
+
+    def finished(self, work: WorkUnit) -> None:
+        """The watcher: one of the stream's works ended."""
+        positions = self.unfinished.pop(work.id, None)
+        if positions is None:
+            return
+        self.borrowed.discard(work.id)
+        if self.ordered:
+            if isinstance(positions, list):
+                for position in positions:
+                    self.ready_at[position] = work
+            else:
+                self.ready_at[positions] = work
+            if self.next_position not in self.ready_at:
+                return
+        elif isinstance(positions, list):
+            self.ready.extend([work] * len(positions))
+        else:
+            self.ready.append(work)
+        self.wake_consumer()
+
+    def wake_consumer(self) -> None:
+        consumer = self.consumer
+        if consumer is not None:
+            self.consumer = None
+            consumer.set()
+
+    def take(self) -> WorkUnit | None:
+        if self.ordered:
+            work = self.ready_at.pop(self.next_position, None)
+            if work is None:
+                return None
+            self.next_position += 1
+        elif self.ready:
+            work = self.ready.popleft()
+        else:
+            return None
+        self.open -= 1
+        producer = self.producer
+        if producer is not None and self.open <= self.resume_at:
+            self.producer = None
+            producer.set()
+        return work
+
+    async def next(self) -> WorkUnit:
+        if self.state is not OPEN:
+            if self.state is CLOSED:
+                raise StopAsyncIteration
+            self.start()
+        while True:
+            if self.error is not None:
+                error, self.error = self.error, None
+                await self.close()
+                raise error
+            if self.taken >= TAKE_SLICE:
+                self.taken = 0
+                await anyio.lowlevel.checkpoint()  # (and where a cancelled consumer learns it)
+            work = self.take()
+            if work is not None:
+                self.taken += 1
+                return work
+            if self.state is CLOSED or (self.exhausted and not self.open):
+                self.state = CLOSED
+                raise StopAsyncIteration
+            self.taken = 0
+            event = self.consumer = anyio.Event()
+            await event.wait()
+
+    # ------------------------------------------------------------------ the ends
+
+    async def close(self) -> None:
+        """Stop feeding, wait for the feeder, cancel the stream's unfinished works."""
+        self.state = CLOSED
+        if self.scope is not None:
+            self.scope.cancel()
+        if self.feeding is not None and not self.feeding.is_set():
+            with anyio.CancelScope(shield=True):
+                await self.feeding.wait()
+        self.drop()
+        self.wake_consumer()
+
+    def drop(self) -> None:
+        """Cancel (and forget) every unfinished work the stream made; drop what it holds."""
+        engine = self.cue._engine
+        reports = engine.reports
+        unfinished, self.unfinished = self.unfinished, {}
+        for work_id in unfinished:
+            reports.unwatch(work_id, self.on_end)
+            work = engine.works.get(work_id)
+            if work is not None and work_id not in self.borrowed:
+                engine.cancel_soon(work, f"cue.map({self.task!r}, ...) was closed before it ended")
+        self.borrowed.clear()
+        self.ready.clear()
+        self.ready_at.clear()
+        self.open = 0
+
+    def abandon(self) -> None:
+        """The stream was dropped unclosed: the feeder ends and, in its task, cleans up."""
+        if self.state is not OPEN:
+            return
+        self.state = CLOSED
+        self.abandoned = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class WorkStream:
+    """The works of ``cue.map()``, each yielded once it has finished.
+
+    Iterate it inside ``async with`` so that leaving the block, however it is left, cancels
+    what the stream submitted and has not yielded::
+
+        async with cue.map("ocr", ({"page": p} for p in pages)) as results:
+            async for work in results:
+                if work.state is runcue.WorkState.FAILED: ...
+
+    A plain ``async for work in cue.map(...)`` works too; see the module ``_stream`` for what
+    happens when it is left early. A yielded work has ended: ``completed`` (``work.skipped``
+    when ``is_stale`` skipped it), ``failed`` (``work.exception``: its last attempt's error,
+    after every retry) or ``cancelled``. Failures are yielded, not raised; what is raised
+    from ``async for`` is an error of the stream itself: the inputs raised, ``submit()``
+    refused one (a bad params value, ``SubmitDeadlock``), or the cue stopped
+    (``CueStateError``). Then the stream closes first.
+    """
+
+    __slots__ = ("_feed",)
+
+    def __init__(self, feed: _Feed) -> None:
+        self._feed = feed
+
+    def __aiter__(self) -> Self:
+        return self
+
+    def __anext__(self) -> Awaitable[WorkUnit]:
+        return self._feed.next()
+
+    async def __aenter__(self) -> Self:
+        if self._feed.state is NEW:
+            self._feed.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._feed.close()
+
+    async def aclose(self) -> None:
+        """Close the stream (what leaving ``async with`` does); closing twice does nothing."""
+        await self._feed.close()
+
+    @property
+    def submitted(self) -> int:
+        """Inputs submitted so far."""
+        return self._feed.submitted
+
+    def __del__(self) -> None:
+        try:
+            self._feed.abandon()
+        except Exception:  # pragma: no cover - the loop may be gone at interpreter exit
+            logger.debug("runcue: could not stop an abandoned cue.map() stream", exc_info=True)
+
+    def __repr__(self) -> str:
+        feed = self._feed
+        return (
+            f"<runcue.WorkStream {feed.task!r} {feed.state}: {feed.submitted} submitted,"
+            f" {feed.open} open, window {feed.window}>"
+        )
+
+
+def open_stream(
+    cue: Cue, task: str, inputs: Inputs, *, window: int, ordered: bool, priority: float | None
+) -> WorkStream:
+    """A stream over ``inputs`` (validated by the Cue); it starts feeding when first used."""
+    return WorkStream(_Feed(cue, task, inputs, window=window, ordered=ordered, priority=priority))
