@@ -120,8 +120,13 @@ class _Feed:
 
     # ------------------------------------------------------------------ the feeder
 
-    def start(self) -> None:
-        engine = self.cue._engine
+    async def start(self) -> None:
+        cue = self.cue
+        if cue._launching:  # cue.start() was called; its run has not begun yet
+            await cue._entered.wait()
+        engine = cue._engine
+        if self.state is not NEW:
+            return
         if engine.tg is None or engine.closing:
             msg = (
                 f"cue.map({self.task!r}, ...) needs a running cue: iterate it inside"
@@ -141,10 +146,12 @@ class _Feed:
                 inputs = self.inputs
                 if isinstance(inputs, AsyncIterable):
                     async for params in inputs:
-                        await self.submit(params)
+                        if not await self.submit(params):
+                            return
                 else:
                     for params in inputs:
-                        await self.submit(params)
+                        if not await self.submit(params):
+                            return
                 self.exhausted = True
         except anyio.get_cancelled_exc_class():
             if self.state is not CLOSED:
@@ -160,10 +167,13 @@ class _Feed:
             if self.abandoned:
                 self.drop()
 
-    async def submit(self, params: Mapping[str, Any]) -> None:
-        while self.open >= self.window:
+    async def submit(self, params: Mapping[str, Any]) -> bool:
+        """Submit one input when the window has room; False once the stream is closed."""
+        while self.open >= self.window and self.state is OPEN:
             event = self.producer = anyio.Event()
             await event.wait()
+        if self.state is not OPEN:
+            return False
         cue = self.cue
         position = self.submitted
         work_id = await cue.submit(self.task, params, priority=self.priority)
@@ -182,8 +192,10 @@ class _Feed:
             known.append(position)
         else:
             self.unfinished[work_id] = [known, position]
-        if self.state is CLOSED:
+        if self.state is not OPEN:
             self.drop()  # closed while the submission waited
+            return False
+        return True
 
     # ------------------------------------------------------------------ the consumer
 
@@ -193,6 +205,10 @@ class _Feed:
         if positions is None:
             return
         self.borrowed.discard(work.id)
+        if self.state is CLOSED:  # cancelled by close(), which waits for the last one
+            if not self.unfinished:
+                self.wake_consumer()
+            return
         if self.ordered:
             if isinstance(positions, list):
                 for position in positions:
@@ -234,7 +250,7 @@ class _Feed:
         if self.state is not OPEN:
             if self.state is CLOSED:
                 raise StopAsyncIteration
-            self.start()
+            await self.start()
         while True:
             if self.error is not None:
                 error, self.error = self.error, None
@@ -257,25 +273,31 @@ class _Feed:
     # ------------------------------------------------------------------ the ends
 
     async def close(self) -> None:
-        """Stop feeding, wait for the feeder, cancel the stream's unfinished works."""
+        """Stop feeding and wait for the feeder; cancel the stream's unfinished works and
+        wait until they ended (shielded: this is cleanup, also under a cancelled caller)."""
         self.state = CLOSED
         if self.scope is not None:
             self.scope.cancel()
-        if self.feeding is not None and not self.feeding.is_set():
-            with anyio.CancelScope(shield=True):
+        self.wake_consumer()  # (another task's async for ends)
+        with anyio.CancelScope(shield=True):
+            if self.feeding is not None:
                 await self.feeding.wait()
-        self.drop()
-        self.wake_consumer()
+            self.drop()
+            while self.unfinished:  # cancelled async handlers end at their next await
+                event = self.consumer = anyio.Event()
+                await event.wait()
 
     def drop(self) -> None:
-        """Cancel (and forget) every unfinished work the stream made; drop what it holds."""
+        """Cancel every unfinished work the stream made (its twins it only forgets); drop
+        what it holds. Cancelled works stay in ``unfinished`` until they ended."""
         engine = self.cue._engine
         reports = engine.reports
-        unfinished, self.unfinished = self.unfinished, {}
-        for work_id in unfinished:
-            reports.unwatch(work_id, self.on_end)
+        for work_id in list(self.unfinished):
             work = engine.works.get(work_id)
-            if work is not None and work_id not in self.borrowed:
+            if work is None or work_id in self.borrowed:
+                reports.unwatch(work_id, self.on_end)
+                del self.unfinished[work_id]
+            else:
                 engine.cancel_soon(work, f"cue.map({self.task!r}, ...) was closed before it ended")
         self.borrowed.clear()
         self.ready.clear()
@@ -323,8 +345,7 @@ class WorkStream:
         return self._feed.next()
 
     async def __aenter__(self) -> Self:
-        if self._feed.state is NEW:
-            self._feed.start()
+        await self._feed.start()
         return self
 
     async def __aexit__(
