@@ -31,6 +31,7 @@ from . import (
     b8_sync_handlers,
     b9_pipeline,
     b10_shared_store,
+    b12_stream,
     b13_otel,
 )
 from ._harness import (
@@ -59,6 +60,7 @@ SCENARIOS: dict[str, ModuleType] = {
         b8_sync_handlers,
         b9_pipeline,
         b10_shared_store,
+        b12_stream,
         b13_otel,
     )
 }

@@ -49,6 +49,7 @@ DEFAULT_WINDOW = 1_000  # works open at once when neither window= nor max_pendin
 TAKE_SLICE = 256  # a consumer that never had to wait lets other tasks run this often
 
 NEW, OPEN, CLOSED = "new", "open", "closed"
+_END: Any = object()  # the inputs are exhausted
 
 Inputs = Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]]
 
@@ -143,16 +144,8 @@ class _Feed:
         assert self.scope is not None and self.feeding is not None
         try:
             with self.scope:
-                inputs = self.inputs
-                if isinstance(inputs, AsyncIterable):
-                    async for params in inputs:
-                        if not await self.submit(params):
-                            return
-                else:
-                    for params in inputs:
-                        if not await self.submit(params):
-                            return
-                self.exhausted = True
+                if await self.submit_all():
+                    self.exhausted = True
         except anyio.get_cancelled_exc_class():
             if self.state is not CLOSED:
                 self.error = CueStateError(
@@ -167,35 +160,43 @@ class _Feed:
             if self.abandoned:
                 self.drop()
 
-    async def submit(self, params: Mapping[str, Any]) -> bool:
-        """Submit one input when the window has room; False once the stream is closed."""
-        while self.open >= self.window and self.state is OPEN:
-            event = self.producer = anyio.Event()
-            await event.wait()
-        if self.state is not OPEN:
-            return False
+    async def submit_all(self) -> bool:
+        """Submit the inputs, one at a time while the window has room; False when the stream
+        was closed before they were all submitted."""
+        inputs = self.inputs
+        is_async = isinstance(inputs, AsyncIterable)
+        iterator: Any = aiter(inputs) if is_async else iter(inputs)  # type: ignore[arg-type]
         cue = self.cue
-        position = self.submitted
-        work_id = await cue.submit(self.task, params, priority=self.priority)
-        # (no await from here on: the work cannot have ended yet)
         engine = cue._engine
-        self.submitted += 1
-        self.open += 1
-        known = self.unfinished.get(work_id)
-        if known is None:
-            work = engine.works[work_id]
-            if work._seq != engine.seq:  # not the newest work: a live twin, not ours
-                self.borrowed.add(work_id)
-            self.unfinished[work_id] = position
-            engine.reports.watch(work_id, self.on_end)
-        elif isinstance(known, list):
-            known.append(position)
-        else:
-            self.unfinished[work_id] = [known, position]
-        if self.state is not OPEN:
-            self.drop()  # closed while the submission waited
-            return False
-        return True
+        task, priority, window = self.task, self.priority, self.window
+        unfinished = self.unfinished
+        while True:
+            while self.open >= window and self.state is OPEN:
+                event = self.producer = anyio.Event()
+                await event.wait()
+            if self.state is not OPEN:
+                return False
+            params = await anext(iterator, _END) if is_async else next(iterator, _END)
+            if params is _END:
+                return True
+            position = self.submitted
+            work_id = await cue.submit(task, params, priority=priority)
+            # (no await from here on: the work cannot have ended yet)
+            self.submitted = position + 1
+            self.open += 1
+            known = unfinished.get(work_id)
+            if known is None:
+                unfinished[work_id] = position
+                if engine.works[work_id]._seq != engine.seq:  # not the newest: a live twin
+                    self.borrowed.add(work_id)
+                engine.reports.watch(work_id, self.on_end)
+            elif isinstance(known, list):
+                known.append(position)
+            else:
+                unfinished[work_id] = [known, position]
+            if self.state is not OPEN:
+                self.drop()  # closed while the submission waited
+                return False
 
     # ------------------------------------------------------------------ the consumer
 
@@ -204,7 +205,8 @@ class _Feed:
         positions = self.unfinished.pop(work.id, None)
         if positions is None:
             return
-        self.borrowed.discard(work.id)
+        if self.borrowed:
+            self.borrowed.discard(work.id)
         if self.state is CLOSED:  # cancelled by close(), which waits for the last one
             if not self.unfinished:
                 self.wake_consumer()
@@ -221,30 +223,16 @@ class _Feed:
             self.ready.extend([work] * len(positions))
         else:
             self.ready.append(work)
-        self.wake_consumer()
+        consumer = self.consumer
+        if consumer is not None:
+            self.consumer = None
+            consumer.set()
 
     def wake_consumer(self) -> None:
         consumer = self.consumer
         if consumer is not None:
             self.consumer = None
             consumer.set()
-
-    def take(self) -> WorkUnit | None:
-        if self.ordered:
-            work = self.ready_at.pop(self.next_position, None)
-            if work is None:
-                return None
-            self.next_position += 1
-        elif self.ready:
-            work = self.ready.popleft()
-        else:
-            return None
-        self.open -= 1
-        producer = self.producer
-        if producer is not None and self.open <= self.resume_at:
-            self.producer = None
-            producer.set()
-        return work
 
     async def next(self) -> WorkUnit:
         if self.state is not OPEN:
@@ -259,9 +247,19 @@ class _Feed:
             if self.taken >= TAKE_SLICE:
                 self.taken = 0
                 await anyio.lowlevel.checkpoint()  # (and where a cancelled consumer learns it)
-            work = self.take()
+            if self.ordered:
+                work = self.ready_at.pop(self.next_position, None)
+                if work is not None:
+                    self.next_position += 1
+            else:
+                work = self.ready.popleft() if self.ready else None
             if work is not None:
                 self.taken += 1
+                self.open -= 1
+                producer = self.producer
+                if producer is not None and self.open <= self.resume_at:
+                    self.producer = None
+                    producer.set()
                 return work
             if self.state is CLOSED or (self.exhausted and not self.open):
                 self.state = CLOSED
