@@ -32,6 +32,7 @@ from . import (
     b9_pipeline,
     b10_shared_store,
     b12_stream,
+    b12b_long_window,
     b13_otel,
 )
 from ._harness import (
@@ -61,6 +62,7 @@ SCENARIOS: dict[str, ModuleType] = {
         b9_pipeline,
         b10_shared_store,
         b12_stream,
+        b12b_long_window,
         b13_otel,
     )
 }

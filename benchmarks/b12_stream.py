@@ -46,8 +46,9 @@ MAX_PENDING = 10_000
 CONCURRENT = 100
 
 
-async def stream(items: int, max_pending: int = MAX_PENDING) -> float:
-    """Seconds to stream ``items`` inputs through ``cue.map`` (cue set-up and teardown in)."""
+async def stream(items: int, max_pending: int = MAX_PENDING, *, rate: str | None = None) -> float:
+    """Seconds to stream ``items`` inputs through ``cue.map`` (cue set-up and teardown in);
+    ``rate``: the service's rate too (B12b)."""
 
     async def noop(work: runcue.WorkUnit) -> None:
         return None
@@ -55,7 +56,7 @@ async def stream(items: int, max_pending: int = MAX_PENDING) -> float:
     elapsed = stopwatch()
     yielded = 0
     async with runcue.Cue(max_pending=max_pending) as cue:
-        cue.service("svc", concurrent=CONCURRENT)
+        cue.service("svc", concurrent=CONCURRENT, rate=rate)
         cue.task("noop", uses="svc")(noop)
         async with cue.map("noop", ({"i": index} for index in range(items))) as results:
             async for _ in results:
