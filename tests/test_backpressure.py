@@ -453,6 +453,7 @@ async def test_pending_stays_bounded_through_a_long_burst(
         ({"max_pending": 2.5}, "max_pending must be a whole number >= 1"),
         ({"max_pending": True}, "max_pending must be a whole number >= 1"),
         ({"max_pending": 5, "deadlock_timeout": -1}, "deadlock_timeout"),
+        ({"deadlock_timeout": "soon"}, "deadlock_timeout"),
     ],
 )
 def test_bad_backpressure_options_are_refused(options: dict[str, object], message: str) -> None:

@@ -188,13 +188,12 @@ class Cue(Registry, Lifecycle):
         if store is not None:
             self._engine.fleet = Fleet(store, clock=anyio.current_time)
             self._engine.fleet.ttl = ttl  # type: ignore[assignment]
+        deadlock_after = check_seconds("deadlock_timeout", deadlock_timeout)
         if max_pending is not None:
             if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
                 msg = f"max_pending must be a whole number >= 1 or None, got {max_pending!r}"
                 raise ValueError(msg)
-            self._engine.bound = PendingBound(
-                max_pending, check_seconds("deadlock_timeout", deadlock_timeout)
-            )
+            self._engine.bound = PendingBound(max_pending, deadlock_after)
         self._id_prefix = os.urandom(3).hex()
         self._ids = 0
         self._peek_every = DEADLINE_PEEK
