@@ -5,13 +5,16 @@ waits for room nothing can make gets SubmitDeadlock instead of hanging."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 import pytest
 
 import runcue
 from runcue._backpressure import PendingBound
+from test_cancel import assert_consistent as assert_ledger
 
 pytestmark = pytest.mark.anyio
 
@@ -30,15 +33,8 @@ def waiting(cue: runcue.Cue) -> int:
 
 
 def assert_consistent(cue: runcue.Cue) -> None:
-    stats = cue.stats()
-    assert stats.submitted == (
-        stats.pending
-        + stats.running
-        + stats.completed
-        + stats.failed
-        + stats.skipped
-        + stats.cancelled
-    )
+    """The ledger adds up, and no place is granted or waited for."""
+    assert_ledger(cue)
     bound = cue._engine.bound
     assert bound is not None
     assert bound.granted == 0
@@ -64,6 +60,20 @@ class Held:
             finally:
                 self.running -= 1
             return work.params.get("n")
+
+    async def fill(self) -> str:
+        """One work running, one pending (max_pending=1, concurrent=1): the cue is full.
+        Returns the pending one's id."""
+        await self.cue.submit("hold", {"n": "running"})
+        return await self.cue.submit("hold", {"n": "pending"})
+
+    async def line_up(
+        self, tg: anyio.abc.TaskGroup, submit: Callable[[int], Any], count: int
+    ) -> None:
+        """Start ``submit(n)`` for n in range(count), each once the one before waits."""
+        for n in range(count):
+            tg.start_soon(submit, n)
+            await until(lambda n=n: waiting(self.cue) == n + 1)  # type: ignore[misc]
 
 
 async def test_submit_waits_while_max_pending_works_are_pending(
@@ -106,12 +116,9 @@ async def test_waiting_submitters_go_in_the_order_they_came(
     cue = held.cue
     with anyio.fail_after(10):
         async with cue:
-            await cue.submit("hold", {"n": "running"})
-            await cue.submit("hold", {"n": "pending"})
+            await held.fill()
             async with anyio.create_task_group() as tg:
-                for n in range(4):
-                    tg.start_soon(cue.submit, "hold", {"n": n})
-                    await until(lambda n=n: waiting(cue) == n + 1)  # type: ignore[misc]
+                await held.line_up(tg, lambda n: cue.submit("hold", {"n": n}), 4)
                 with pytest.raises(runcue.CueFull, match="max_pending=1"):
                     cue.submit_nowait("hold", {"n": "newcomer"})
                 held.release.set()
@@ -129,8 +136,7 @@ async def test_a_cancelled_waiting_submitter_submits_nothing_and_keeps_the_order
     cue = held.cue
     with anyio.fail_after(10):
         async with cue:
-            await cue.submit("hold", {"n": "running"})
-            await cue.submit("hold", {"n": "pending"})
+            await held.fill()
             scopes = [anyio.CancelScope() for _ in range(3)]
 
             async def submit(n: int) -> None:
@@ -138,9 +144,7 @@ async def test_a_cancelled_waiting_submitter_submits_nothing_and_keeps_the_order
                     await cue.submit("hold", {"n": n})
 
             async with anyio.create_task_group() as tg:
-                for n in range(3):
-                    tg.start_soon(submit, n)
-                    await until(lambda n=n: waiting(cue) == n + 1)  # type: ignore[misc]
+                await held.line_up(tg, submit, 3)
                 scopes[1].cancel()
                 await until(lambda: waiting(cue) == 2)
                 held.release.set()
@@ -160,8 +164,7 @@ async def test_a_granted_submitter_cancelled_before_it_submits_passes_its_place_
     cue = held.cue
     with anyio.fail_after(10):
         async with cue:
-            await cue.submit("hold", {"n": "running"})
-            pending = await cue.submit("hold", {"n": "pending"})
+            pending = await held.fill()
             first_scope = anyio.CancelScope()
             submitted: list[int] = []
 
@@ -246,8 +249,7 @@ async def test_submit_threadsafe_blocks_its_thread_until_there_is_room(
     cue = held.cue
     with anyio.fail_after(10):
         async with cue:
-            await cue.submit("hold", {"n": 0})
-            await cue.submit("hold", {"n": 1})
+            await held.fill()
             returned: list[str] = []
 
             async def from_a_thread() -> None:
@@ -390,16 +392,13 @@ async def test_stopping_the_cue_wakes_waiting_submitters_with_cue_state_error(
 
     with anyio.fail_after(10):
         cue.start()
-        await cue.submit("hold", {"n": 0})
-        await cue.submit("hold", {"n": 1})
+        await held.fill()
         async with anyio.create_task_group() as tg:
-            for n in (2, 3):
-                tg.start_soon(submit, n)
-                await until(lambda n=n: waiting(cue) == n - 1)  # type: ignore[misc]
+            await held.line_up(tg, submit, 2)
             await cue.stop(timeout=0)
     assert len(errors) == 2
     assert "stopp" in str(errors[0])
-    assert held.ran == [0]
+    assert held.ran == ["running"]
     assert_consistent(cue)
 
 
