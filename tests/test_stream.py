@@ -407,3 +407,33 @@ async def test_map_refuses_bad_arguments_where_it_is_called(
         cue.map("t", [{}], priority=2.0)
     with pytest.raises(runcue.CueStateError, match="running cue"):
         await drain(cue.map("t", [{}]))
+
+
+async def test_several_tasks_may_read_one_stream(make_cue: Callable[..., runcue.Cue]) -> None:
+    """Two tasks iterating the same stream share its works: each is yielded exactly once."""
+    cue = make_cue()
+    cue.service("s", concurrent=3)
+
+    @cue.task("t", uses="s")
+    async def t(work: runcue.WorkUnit) -> int:
+        await anyio.sleep(0)
+        return int(work.params["n"])
+
+    seen: list[list[int]] = [[], []]
+
+    async def read(stream: runcue.WorkStream, into: list[int]) -> None:
+        async for work in stream:
+            into.append(work.result)
+            await anyio.sleep(0)
+
+    with anyio.fail_after(10):
+        async with (
+            cue,
+            cue.map("t", ({"n": n} for n in range(200)), window=7) as results,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(read, results, seen[0])
+            tg.start_soon(read, results, seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(200))
+    assert seen[0] and seen[1]
+    assert_clean(cue)

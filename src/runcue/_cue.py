@@ -281,6 +281,7 @@ class Cue(Registry, Lifecycle):
         key: Any = None,
     ) -> str:
         """``submit()`` that never waits: with ``max_pending`` reached it raises instead.
+        Call it on the event loop's thread (from another: ``submit_threadsafe()``).
 
         :raises CueFull: ``max_pending`` work units are pending (or others wait for room).
         :raises: what ``submit()`` raises for bad input or a stopped cue.

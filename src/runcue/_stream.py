@@ -265,7 +265,9 @@ class _Feed:
                 self.state = CLOSED
                 raise StopAsyncIteration
             self.taken = 0
-            event = self.consumer = anyio.Event()
+            event = self.consumer  # (shared when several tasks read one stream)
+            if event is None:
+                event = self.consumer = anyio.Event()
             await event.wait()
 
     # ------------------------------------------------------------------ the ends
