@@ -7,14 +7,14 @@ queued, waiting for its inputs (parked), waiting for a retry, its checks being a
 work does not count (the services' own limits bound it), and a retry makes a work pending
 again without asking anyone.
 
-**Who waits.** A submission is refused while ``pending + granted >= limit`` or while anyone
-waits already, so waiting submitters go first-in first-out and a newcomer never overtakes
-them. Room is handed out by *grants*: when pending work starts or ends, waiters at the front
-are granted one place each and woken; a granted waiter that is cancelled before it submits
-passes its place on. Once the bound was reached, grants wait until pending has fallen to a
-low-water mark (``limit - limit // 16``, at least one below the limit), then fill up to the
-limit at once: a producer that runs ahead wakes once per ``limit // 16`` starts, not once per
-start.
+**Who waits.** A submission is refused (``Scheduler.submit`` asks, inline) while
+``pending + granted >= limit`` or while anyone waits already, so waiting submitters go
+first-in first-out and a newcomer never overtakes them. Room is handed out by *grants*: when
+pending work starts or ends, waiters at the front are granted one place each and woken; a
+granted waiter that is cancelled before it submits passes its place on. Once the bound was
+reached, grants wait until pending has fallen to a low-water mark (``limit - limit // 16``,
+at least one below the limit), then fill up to the limit at once: a producer that runs
+ahead wakes once per ``limit // 16`` starts, not once per start.
 
 **When waiting cannot end.** A blocked submitter looks at the cue every quarter of
 ``deadlock_timeout``. When, for that long, nothing started, finished or was submitted,
@@ -72,10 +72,6 @@ class PendingBound:
         self.granted = 0  # waiters woken with a place, not yet submitted
         self._looked: tuple[int, ...] = ()  # the progress counters at the last look
         self._since = -math.inf  # since when nothing progressed (loop time)
-
-    def refuses(self, pending: int) -> bool:
-        """True when a new submission must wait (or fail, for ``submit_nowait``)."""
-        return pending + self.granted >= self.limit or bool(self.waiters)
 
     def room_made(self, pending: int, *, at_once: bool = False) -> None:
         """Pending work started or ended: grant places to the front waiters (from the

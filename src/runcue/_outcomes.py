@@ -291,7 +291,8 @@ class Outcomes:
         if reports.waiters:
             reports.finished(work_id)
         if reports.watchers:
-            reports.watched(work)
+            for watcher in reports.watchers:
+                watcher(work)
         if not engine.works or engine.running <= 1:
             reports.check_idle()
         if parking.swept and state is not WorkState.CANCELLED:

@@ -9,7 +9,7 @@ bounded by ``check_timeout`` and counted, so ``join()`` and ``stop()`` wait for 
 
 It also keeps the cue's waiting points: ``join()`` (nothing pending, running or being
 reported), ``wait()`` on one work, ``stop()``'s wait for running handlers, and the watchers
-that ``cue.map()`` keeps on the works it submitted (told synchronously when one ends).
+(``cue.map()``'s streams), told synchronously of every work that ends.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ class Reports:
         self.async_hooks: frozenset[str] = frozenset()  # the names of async event callbacks
         self.reporting = 0  # async callbacks being awaited; join() and stop() wait for them
         self.waiters: dict[str, anyio.Event] = {}
-        # work id -> called with the work when it ends (cue.map); a list when several watch.
-        self.watchers: dict[str, Watcher | list[Watcher]] = {}
+        # Called with every work that ends, in finish() (cue.map's streams): a tuple too.
+        self.watchers: tuple[Watcher, ...] = ()
         self.idle = anyio.Event()
         self.idle.set()
         self.is_idle = True  # mirrors idle.is_set(), cheaper to read per submit
@@ -78,15 +78,24 @@ class Reports:
 
     def subscribe(self, listener: Callable[[WorkEvent], object]) -> Callable[[], None]:
         """Add a listener; returns the function that removes it (once)."""
-        self.listeners = (*self.listeners, listener)
+        return self._join("listeners", listener)
 
-        def unsubscribe() -> None:
-            listeners = list(self.listeners)
-            if listener in listeners:
-                listeners.remove(listener)
-                self.listeners = tuple(listeners)
+    def watch(self, watcher: Watcher) -> Callable[[], None]:
+        """Call ``watcher(work)`` for every work that ends, synchronously in ``finish()``
+        before the listeners (quick, and never raising); returns the function that stops it."""
+        return self._join("watchers", watcher)
 
-        return unsubscribe
+    def _join(self, name: str, member: Callable[..., object]) -> Callable[[], None]:
+        """Add ``member`` to the tuple ``name``; returns the function that removes it (once)."""
+        setattr(self, name, (*getattr(self, name), member))
+
+        def leave() -> None:
+            members = list(getattr(self, name))
+            if member in members:
+                members.remove(member)
+                setattr(self, name, tuple(members))
+
+        return leave
 
     def refresh(self) -> None:
         """A callback was registered: note which are async."""
@@ -209,32 +218,6 @@ class Reports:
         waiter = self.waiters.pop(work_id, None)
         if waiter is not None:
             waiter.set()
-
-    def watch(self, work_id: str, watcher: Watcher) -> None:
-        """Call ``watcher(work)`` when the work ends (it must be quick and never raise)."""
-        known = self.watchers.get(work_id)
-        if known is None:
-            self.watchers[work_id] = watcher
-        elif isinstance(known, list):
-            known.append(watcher)
-        else:
-            self.watchers[work_id] = [known, watcher]
-
-    def unwatch(self, work_id: str, watcher: Watcher) -> None:
-        known = self.watchers.get(work_id)
-        if known is watcher:
-            del self.watchers[work_id]
-        elif isinstance(known, list) and watcher in known:
-            known.remove(watcher)
-
-    def watched(self, work: WorkUnit) -> None:
-        """A work ended: tell its watchers."""
-        known = self.watchers.pop(work.id, None)
-        if isinstance(known, list):
-            for watcher in known:
-                watcher(work)
-        elif known is not None:
-            known(work)
 
     async def wait_no_running(self, *, reports: bool = True) -> None:
         """Until no handler runs (and, with ``reports``, no callback is being awaited) -- but

@@ -270,8 +270,12 @@ class Scheduler:
         None when ``max_pending`` refuses it (``bounded=False``: a place was granted).
         ``now``: the loop's time, when the caller just read it."""
         bound = self.bound
-        if bound is not None and bounded and bound.refuses(self.pending):
-            return self.twin_of(work, dedup_key)  # a twin never waits
+        if (
+            bound is not None
+            and bounded
+            and (len(self.works) - self.running + bound.granted >= bound.limit or bound.waiters)
+        ):
+            return self.twin_of(work, dedup_key)  # max_pending reached; a twin never waits
         if dedup_key is not None:
             digest = hash(dedup_key)
             known = self.dedup.get(digest)

@@ -10,9 +10,9 @@ async context manager, fed from a task in the cue's own task group.
   submits each with ``cue.submit`` (so ``max_pending`` holds too) while fewer than
   ``window`` of its works are open: submitted and not yet yielded, whether they run, wait or
   are finished. Memory is bounded by the window, however slow the consumer.
-- **Finished works** reach it synchronously: the cue calls a watcher when each ends
-  (``Reports.watch``), which puts it in a queue (or, with ``ordered=True``, under its input
-  position) and wakes the consumer if it waits.
+- **Finished works** reach it synchronously: while a stream has works out, the cue tells it
+  of every work that ends (``Reports.watch``); one of its own goes into a queue (or, with
+  ``ordered=True``, under its input position), and a waiting consumer is woken.
 - **The consumer** (``async for``) takes one at a time; taking frees a place in the window
   and wakes the feeder once a sixteenth of the window is free.
 
@@ -27,7 +27,7 @@ works; if it had already read every input, those works run to their end instead.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -62,12 +62,12 @@ class _Feed:
         "borrowed",
         "consumer",
         "cue",
+        "dedup",
         "error",
         "exhausted",
         "feeding",
         "inputs",
         "next_position",
-        "on_end",
         "open",
         "ordered",
         "priority",
@@ -81,6 +81,7 @@ class _Feed:
         "taken",
         "task",
         "unfinished",
+        "unwatch",
         "window",
     )
 
@@ -117,7 +118,8 @@ class _Feed:
         self.feeding: anyio.Event | None = None  # set when the feeder ended
         self.consumer: anyio.Event | None = None  # a waiting consumer's
         self.producer: anyio.Event | None = None  # the feeder's, waiting for the window
-        self.on_end = self.finished  # one bound method: the watcher, as registered
+        self.dedup = cue._tasks[task].dedup  # equal inputs may share a live work
+        self.unwatch: Callable[[], None] | None = None  # while the cue tells us of ends
 
     # ------------------------------------------------------------------ the feeder
 
@@ -137,6 +139,7 @@ class _Feed:
         self.state = OPEN
         self.scope = anyio.CancelScope()
         self.feeding = anyio.Event()
+        self.unwatch = engine.reports.watch(self.finished)
         engine.tg.start_soon(self.feed, name=f"runcue map {self.task!r}")
 
     async def feed(self) -> None:
@@ -159,6 +162,7 @@ class _Feed:
             self.wake_consumer()
             if self.abandoned:
                 self.drop()
+                self.settle()
 
     async def submit_all(self) -> bool:
         """Submit the inputs, one at a time while the window has room; False when the stream
@@ -184,12 +188,11 @@ class _Feed:
             # (no await from here on: the work cannot have ended yet)
             self.submitted = position + 1
             self.open += 1
-            known = unfinished.get(work_id)
+            known = unfinished.get(work_id) if self.dedup else None
             if known is None:
                 unfinished[work_id] = position
-                if engine.works[work_id]._seq != engine.seq:  # not the newest: a live twin
+                if self.dedup and engine.works[work_id]._seq != engine.seq:  # a live twin
                     self.borrowed.add(work_id)
-                engine.reports.watch(work_id, self.on_end)
             elif isinstance(known, list):
                 known.append(position)
             else:
@@ -201,7 +204,7 @@ class _Feed:
     # ------------------------------------------------------------------ the consumer
 
     def finished(self, work: WorkUnit) -> None:
-        """The watcher: one of the stream's works ended."""
+        """The watcher: a work ended (maybe one of the stream's)."""
         positions = self.unfinished.pop(work.id, None)
         if positions is None:
             return
@@ -210,6 +213,7 @@ class _Feed:
         if self.state is CLOSED:  # cancelled by close(), which waits for the last one
             if not self.unfinished:
                 self.wake_consumer()
+                self.settle()
             return
         if self.ordered:
             if isinstance(positions, list):
@@ -263,6 +267,7 @@ class _Feed:
                 return work
             if self.state is CLOSED or (self.exhausted and not self.open):
                 self.state = CLOSED
+                self.settle()
                 raise StopAsyncIteration
             self.taken = 0
             event = self.consumer  # (shared when several tasks read one stream)
@@ -286,16 +291,21 @@ class _Feed:
             while self.unfinished:  # cancelled async handlers end at their next await
                 event = self.consumer = anyio.Event()
                 await event.wait()
+        self.settle()
+
+    def settle(self) -> None:
+        """Closed, and no work of the stream left to end: the cue need not tell it more."""
+        if self.state is CLOSED and not self.unfinished and self.unwatch is not None:
+            self.unwatch()
+            self.unwatch = None
 
     def drop(self) -> None:
         """Cancel every unfinished work the stream made (its twins it only forgets); drop
         what it holds. Cancelled works stay in ``unfinished`` until they ended."""
         engine = self.cue._engine
-        reports = engine.reports
         for work_id in list(self.unfinished):
             work = engine.works.get(work_id)
             if work is None or work_id in self.borrowed:
-                reports.unwatch(work_id, self.on_end)
                 del self.unfinished[work_id]
             else:
                 engine.cancel_soon(work, f"cue.map({self.task!r}, ...) was closed before it ended")
@@ -312,6 +322,7 @@ class _Feed:
         self.abandoned = True
         if self.scope is not None:
             self.scope.cancel()
+        self.settle()
 
 
 class WorkStream:
