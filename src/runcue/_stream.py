@@ -170,36 +170,48 @@ class _Feed:
         inputs = self.inputs
         is_async = isinstance(inputs, AsyncIterable)
         iterator: Any = aiter(inputs) if is_async else iter(inputs)  # type: ignore[arg-type]
-        cue = self.cue
-        engine = cue._engine
-        task, priority, window = self.task, self.priority, self.window
+        submit = self.cue.submit
+        task, priority, window, dedup = self.task, self.priority, self.window, self.dedup
         unfinished = self.unfinished
         while True:
-            while self.open >= window and self.state is OPEN:
-                event = self.producer = anyio.Event()
-                await event.wait()
-            if self.state is not OPEN:
-                return False
+            if self.open >= window or self.state is not OPEN:
+                while self.open >= window and self.state is OPEN:
+                    event = self.producer = anyio.Event()
+                    await event.wait()
+                if self.state is not OPEN:
+                    return False
             params = await anext(iterator, _END) if is_async else next(iterator, _END)
             if params is _END:
                 return True
             position = self.submitted
-            work_id = await cue.submit(task, params, priority=priority)
+            if priority is None:
+                work_id = await submit(task, params)
+            else:
+                work_id = await submit(task, params, priority=priority)
             # (no await from here on: the work cannot have ended yet)
             self.submitted = position + 1
             self.open += 1
-            known = unfinished.get(work_id) if self.dedup else None
-            if known is None:
-                unfinished[work_id] = position
-                if self.dedup and engine.works[work_id]._seq != engine.seq:  # a live twin
-                    self.borrowed.add(work_id)
-            elif isinstance(known, list):
-                known.append(position)
+            if dedup:
+                self.add_twin(work_id, position)
             else:
-                unfinished[work_id] = [known, position]
+                unfinished[work_id] = position
             if self.state is not OPEN:
                 self.drop()  # closed while the submission waited
                 return False
+
+    def add_twin(self, work_id: str, position: int) -> None:
+        """Note a work of a ``dedup=True`` task: several inputs may share it, and it may be
+        live work the stream did not make (then closing the stream does not cancel it)."""
+        known = self.unfinished.get(work_id)
+        if known is None:
+            self.unfinished[work_id] = position
+            engine = self.cue._engine
+            if engine.works[work_id]._seq != engine.seq:  # not the newest work: a live twin
+                self.borrowed.add(work_id)
+        elif isinstance(known, list):
+            known.append(position)
+        else:
+            self.unfinished[work_id] = [known, position]
 
     # ------------------------------------------------------------------ the consumer
 
