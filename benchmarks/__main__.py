@@ -32,6 +32,8 @@ from . import (
     b9_pipeline,
     b10_shared_store,
     b11_tokens,
+    b12_stream,
+    b12b_long_window,
     b13_otel,
     b14_forecast,
 )
@@ -62,6 +64,8 @@ SCENARIOS: dict[str, ModuleType] = {
         b9_pipeline,
         b10_shared_store,
         b11_tokens,
+        b12_stream,
+        b12b_long_window,
         b13_otel,
         b14_forecast,
     )
@@ -120,6 +124,14 @@ task group).
   interleaved; it shows the time added per item, the server's time in scripts per item (its
   `commandstats`) and the Redis memory per recorded start. Without `redis-server` (or the
   `redis` library) the rows are skipped, and the run does not fail.
+- **B12** streams 1,000,000 inputs through `cue.map` under `max_pending=10,000` (no-op
+  handlers, `concurrent=100`): the time per item against B1's runcue per item (each round
+  the median of five B1 runs, interleaved with the stream), and `tracemalloc`'s peak over
+  the whole run against streaming 100,000 (the lower of two runs each).
+- **B12b** (informative) measures a `RateLimiter("1000000/day")` alone, driven at its limit's
+  pace by a fake clock (bytes per start with 1,000,000 in the window, `tracemalloc`; time
+  per start once it is full), and 1,000,000 starts through a cue with that rate, with a 1 ms
+  window of the same headroom and without a rate, interleaved.
 - **B13** runs B1's workload plain, instrumented with the OpenTelemetry SDK (a
   `BatchSpanProcessor` feeding an exporter that drops the spans, a `MeterProvider` with an
   in-memory reader collected after the timing) and instrumented against the API alone (its

@@ -11,6 +11,7 @@ from ._cue import Cue as Cue
 from ._durations import Exponential as Exponential
 from ._durations import Uniform as Uniform
 from ._errors import CostTooLargeError as CostTooLargeError
+from ._errors import CueFull as CueFull
 from ._errors import CueStateError as CueStateError
 from ._errors import HandlerTimeout as HandlerTimeout
 from ._errors import InvalidRateError as InvalidRateError
@@ -20,6 +21,7 @@ from ._errors import QuotaExhausted as QuotaExhausted
 from ._errors import RateLimited as RateLimited
 from ._errors import RuncueError as RuncueError
 from ._errors import StallTimeout as StallTimeout
+from ._errors import SubmitDeadlock as SubmitDeadlock
 from ._errors import UnknownServiceError as UnknownServiceError
 from ._errors import UnknownTaskError as UnknownTaskError
 from ._errors import WorkCancelled as WorkCancelled
@@ -46,6 +48,7 @@ from ._stats import ServiceStats as ServiceStats
 from ._store import CostStore as CostStore
 from ._store import Grant as Grant
 from ._store import Store as Store
+from ._stream import WorkStream as WorkStream
 from ._task import Backoff as Backoff
 from ._task import TaskSpec as TaskSpec
 from ._tenants import Tenants as Tenants
@@ -69,6 +72,7 @@ __all__ = [
     "ForecastReport",
     "Grant",
     "GraphReport",
+    "CueFull",
     "CueStateError",
     "CueStats",
     "HandlerTimeout",
@@ -89,6 +93,7 @@ __all__ = [
     "ServiceStats",
     "StallTimeout",
     "Store",
+    "SubmitDeadlock",
     "TaskSpec",
     "Tenants",
     "Timeline",
@@ -100,6 +105,7 @@ __all__ = [
     "WorkEvent",
     "WorkNotFound",
     "WorkState",
+    "WorkStream",
     "WorkTimeout",
     "WorkUnit",
     "atomic_write",

@@ -17,9 +17,11 @@ import anyio.lowlevel
 
 from . import _backend, _diagnosis
 from ._artifacts import artifact_key, resolve
+from ._backpressure import PendingBound
 from ._checks import CheckMode, CheckRunner
 from ._durations import Duration
 from ._errors import (
+    CueFull,
     CueStateError,
     UnknownServiceError,
     UnknownTaskError,
@@ -38,6 +40,7 @@ from ._scheduler import Scheduler
 from ._service import Service
 from ._stats import CueStats
 from ._store import Store
+from ._stream import DEFAULT_WINDOW, Inputs, WorkStream, open_stream
 from ._task import TaskSpec
 from ._work import WorkState, WorkUnit
 
@@ -49,6 +52,17 @@ SUBMIT_SLICE = 0.002  # longest a burst of submit() calls holds the loop, in sec
 BLIND_SLICE = 0.0005
 DEADLINE_PEEK = 0.0001  # in a burst, how often at most submit() looks for a due timer
 PEEK_SHARE = 20  # ...and at most one look per PEEK_SHARE times what a look costs
+
+
+def _checked_priority(priority: object) -> float:
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, (int, float))
+        or not (0.0 <= priority <= 1.0)
+    ):
+        msg = f"priority must be a number from 0.0 to 1.0 (higher runs first), got {priority!r}"
+        raise ValueError(msg)
+    return float(priority)
 
 
 def _freeze_params(params: Mapping[str, Any]) -> Any:
@@ -137,6 +151,13 @@ class Cue(Registry, Lifecycle):
         declared with ``shared=True`` and for claims on keyed work, across processes.
     :param lease_ttl: seconds a store lease or claim lives unless renewed (renewed every
         third of it while the work runs); a dead process frees its slots within this.
+    :param max_pending: backpressure: while this many work units are pending
+        (``stats().pending``: submitted, not yet running or finished), ``submit()`` waits,
+        first come first served, ``submit_nowait()`` raises :class:`CueFull`, and
+        ``submit_threadsafe()`` blocks its thread. None: never wait.
+    :param deadlock_timeout: with ``max_pending``: a ``submit()`` that waited this long while
+        every pending work waited for its inputs and nothing ran raises
+        :class:`SubmitDeadlock`; None waits on (inputs made outside the cue).
     """
 
     def __init__(
@@ -155,6 +176,8 @@ class Cue(Registry, Lifecycle):
         seed: int | None = None,
         store: Store | None = None,
         lease_ttl: float = 10.0,
+        max_pending: int | None = None,
+        deadlock_timeout: float | None = 5.0,
     ) -> None:
         if keep_finished is not None and (
             isinstance(keep_finished, bool)
@@ -197,7 +220,15 @@ class Cue(Registry, Lifecycle):
         if store is not None:
             self._engine.fleet = Fleet(store, clock=anyio.current_time)
             self._engine.fleet.ttl = ttl  # type: ignore[assignment]
+        deadlock_after = check_seconds("deadlock_timeout", deadlock_timeout)
+        if max_pending is not None:
+            if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+                msg = f"max_pending must be a whole number >= 1 or None, got {max_pending!r}"
+                raise ValueError(msg)
+            self._engine.bound = PendingBound(max_pending, deadlock_after)
         self._id_prefix = os.urandom(3).hex()
+        self._made: WorkUnit | None = None  # the last submit()'s new work unit ...
+        self._found: WorkUnit | None = None  # ... and the one it returned (a twin, or it)
         self._peek_every = DEADLINE_PEEK
         self._init_lifecycle()
 
@@ -228,7 +259,9 @@ class Cue(Registry, Lifecycle):
         a task declared ``dedup=True``, with equal params, is not queued twice: the existing
         id is returned.
 
-        A lone call never waits. In a long burst of calls with no other ``await`` in between,
+        With ``max_pending``, a call waits while that many work units are pending (calls that
+        wait go in the order they came; de-duplication into live work never waits). Without
+        it, a lone call never waits. In a long burst of calls with no other ``await`` in between,
         one call in every ~2 ms first lets other tasks run (a checkpoint, where a cancelled
         caller gets its cancellation and nothing is submitted), so started work runs while the
         rest is still being submitted. A burst also lets the tasks of the loop's due timers
@@ -239,7 +272,8 @@ class Cue(Registry, Lifecycle):
         :raises TypeError: when params is not a mapping.
         :raises CostTooLargeError: (a ``ValueError``) when the task's cost estimate for this
             work is above a whole cost window of its service: it could never start.
-        :raises CueStateError: after ``stop()``.
+        :raises CueStateError: after ``stop()`` (also when the cue stops while it waits).
+        :raises SubmitDeadlock: waiting for room under ``max_pending`` could never end.
         """
         now: float | None = None
         if self._state == RUNNING:
@@ -271,19 +305,93 @@ class Cue(Registry, Lifecycle):
                     wait = self._peek(timer_in)
                 self._yield_at = min(self._burst_from + burst, now + max(wait, self._peek_every))
             self._last_submit = now
-        if self._state in (STOPPING, STOPPED):
+        work, dedup_key = self._new_work(task, params, priority, key, tenant)
+        found = self._engine.submit(work, dedup_key, now)
+        if found is None:  # max_pending work units are pending
+            found = await self._submit_in_turn(work, dedup_key)
+        self._made, self._found = work, found  # (for cue.map's stream, right after this call)
+        return found.id
+
+    def submit_nowait(
+        self,
+        task: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        priority: float | None = None,
+        key: Any = None,
+        tenant: Any = None,
+    ) -> str:
+        """``submit()`` that never waits: with ``max_pending`` reached it raises instead.
+        Call it on the event loop's thread (from another: ``submit_threadsafe()``).
+
+        :raises CueFull: ``max_pending`` work units are pending (or others wait for room).
+        :raises: what ``submit()`` raises for bad input or a stopped cue.
+        """
+        work, dedup_key = self._new_work(task, params, priority, key, tenant)
+        found = self._engine.submit(work, dedup_key)
+        if found is None:
+            bound = self._engine.bound
+            assert bound is not None
             msg = (
-                f"cannot submit to a {self._state} Cue; submit inside 'async with Cue() as cue:'"
-                " or between cue.start() and cue.stop() (a stopped cue starts again)"
+                f"the cue is full: {self._engine.pending} work units are pending"
+                f" (max_pending={bound.limit}) or waiting to be submitted; 'await"
+                " cue.submit(...)' waits for room instead, or raise Cue(max_pending=...)"
             )
-            raise CueStateError(msg)
+            raise CueFull(msg)
+        return found.id
+
+    async def _submit_in_turn(self, work: WorkUnit, dedup_key: Any) -> WorkUnit:
+        """Wait for room under ``max_pending`` (first come, first served), then submit."""
+        engine = self._engine
+        bound = engine.bound
+        assert bound is not None
+        if self._state != RUNNING and not self._launching:
+            msg = (
+                f"max_pending={bound.limit} work units are pending and the cue has not started,"
+                " so nothing can make room: start the cue ('async with', start() or"
+                " tg.start(cue.run)) before submitting more"
+            )
+            raise CueFull(msg)
+        granted = False
+        try:
+            while not granted:  # (not granted: woken because the cue stops)
+                granted = await bound.wait(engine)
+                if self._state in (STOPPING, STOPPED):
+                    raise self._stopped_error()
+            work.created_at = time.time()
+            found = engine.submit(work, dedup_key, bounded=False)
+            assert found is not None
+            return found
+        finally:
+            if granted:
+                bound.room_made(engine.pending, at_once=True)  # a place left unused goes on
+
+    def _stopped_error(self) -> CueStateError:
+        return CueStateError(
+            f"cannot submit to a {self._state} Cue; submit inside 'async with Cue() as cue:'"
+            " or between cue.start() and cue.stop() (a stopped cue starts again)"
+        )
+
+    def _unknown_task(self, task: str) -> UnknownTaskError:
+        known = ", ".join(repr(name) for name in self._tasks) or "none"
+        return UnknownTaskError(
+            f"Unknown task {task!r} (registered: {known}); register it with @cue.task({task!r})"
+        )
+
+    def _new_work(
+        self,
+        task: str,
+        params: Mapping[str, Any] | None,
+        priority: float | None,
+        key: Any,
+        tenant: Any,
+    ) -> tuple[WorkUnit, Any]:
+        """A validated work unit and its de-duplication key (None: none asked for)."""
+        if self._state in (STOPPING, STOPPED):
+            raise self._stopped_error()
         spec = self._tasks.get(task)
         if spec is None:
-            known = ", ".join(repr(name) for name in self._tasks) or "none"
-            msg = (
-                f"Unknown task {task!r} (registered: {known}); register it with @cue.task({task!r})"
-            )
-            raise UnknownTaskError(msg)
+            raise self._unknown_task(task)
         if params is None:
             params = {}
         elif type(params) is not dict and not isinstance(params, Mapping):
@@ -293,15 +401,7 @@ class Cue(Registry, Lifecycle):
             raise TypeError(msg)
         else:
             params = dict(params)
-        if priority is None:
-            priority = 0.5
-        elif (
-            isinstance(priority, bool)
-            or not isinstance(priority, (int, float))
-            or not (0.0 <= priority <= 1.0)
-        ):
-            msg = f"priority must be a number from 0.0 to 1.0 (higher runs first), got {priority!r}"
-            raise ValueError(msg)
+        priority = 0.5 if priority is None else _checked_priority(priority)
         dedup_key: Any = None  # without key= or a dedup task, no index is kept at all
         if key is not None:
             dedup_key = ("key", task, key)
@@ -313,7 +413,7 @@ class Cue(Registry, Lifecycle):
             self._id_prefix,  # its id is "<prefix>-<number>", made when asked (work.id)
             task,
             params,
-            priority=float(priority),
+            priority=priority,
             key=key,
             created_at=time.time(),
         )
@@ -331,7 +431,7 @@ class Cue(Registry, Lifecycle):
             except Exception as exc:
                 msg = f"task {task!r}: its inputs/outputs could not be read for {params!r}: {exc}"
                 raise TypeError(msg) from exc
-        return self._engine.submit(work, dedup_key, now).id
+        return work, dedup_key
 
     def _peek(self, timer_in: Callable[[], float]) -> float:
         """Seconds until the loop's next timer; spaces the next look by what this one cost
@@ -372,6 +472,58 @@ class Cue(Registry, Lifecycle):
         return anyio.from_thread.run(
             functools.partial(self.submit, task, params, priority=priority, key=key, tenant=tenant),
             token=token,
+        )
+
+    def map(
+        self,
+        task: str,
+        inputs: Inputs,
+        *,
+        window: int | None = None,
+        ordered: bool = False,
+        priority: float | None = None,
+    ) -> WorkStream:
+        """Submit ``task`` once per params mapping of ``inputs`` (an iterable or an async
+        iterable, read lazily) and yield each work once it has finished::
+
+            async with cue.map("ocr", ({"page": p} for p in pages)) as results:
+                async for work in results:
+                    ...  # work.state: completed, failed (work.exception) or cancelled
+
+        At most ``window`` of its works are open at once -- submitted and not yet yielded --
+        so memory stays bounded however long the inputs and however slow the consumer;
+        ``submit()``'s own backpressure (``max_pending``) applies as well.
+
+        :param window: works open at once; default: the cue's ``max_pending``, else 1,000.
+        :param ordered: yield in input order (a slow work holds back those after it, and at
+            most ``window`` wait behind it), instead of as they finish.
+        :param priority: of every work, as in ``submit()``.
+        :raises UnknownTaskError: for a task nobody registered (here, not when iterated).
+        :raises CueStateError: when iterated while the cue is not running.
+
+        Failed and cancelled works are yielded, not raised; leaving ``async with`` cancels
+        the works not yet yielded. See :class:`WorkStream`.
+        """
+        if task not in self._tasks:
+            raise self._unknown_task(task)
+        if isinstance(inputs, (Mapping, str, bytes)) or not (
+            hasattr(inputs, "__iter__") or hasattr(inputs, "__aiter__")
+        ):
+            msg = (
+                "cue.map() needs an iterable (or async iterable) of params mappings, such as"
+                f" [{{'page': 1}}, {{'page': 2}}], got {type(inputs).__name__}: {inputs!r:.80}"
+            )
+            raise TypeError(msg)
+        if window is None:
+            bound = self._engine.bound
+            window = DEFAULT_WINDOW if bound is None else bound.limit
+        elif isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            msg = f"window must be a whole number >= 1 (works open at once), got {window!r}"
+            raise ValueError(msg)
+        if priority is not None:
+            _checked_priority(priority)
+        return open_stream(
+            self, task, inputs, window=window, ordered=bool(ordered), priority=priority
         )
 
     def _find(self, work_id: str) -> WorkUnit | None:

@@ -8,6 +8,8 @@ The tree::
     ├── UnknownServiceError (also ValueError)  a task uses a service nobody declared
     ├── InvalidRateError (also ValueError)     a rate string that does not parse
     ├── CostTooLargeError (also ValueError)    a work's estimate exceeds a cost window's limit
+    ├── CueFull                                max_pending work units are pending
+    │   └── SubmitDeadlock                     ... and none of them can ever start
     ├── WorkNotFound (also KeyError)           an id the cue does not know (or no longer keeps)
     ├── WorkCancelled                          wait() on work that was cancelled
     ├── LeaseLost                              its store lease or claim ran out while it ran
@@ -25,6 +27,7 @@ import math
 
 __all__ = [
     "CostTooLargeError",
+    "CueFull",
     "CueStateError",
     "HandlerTimeout",
     "InvalidRateError",
@@ -34,6 +37,7 @@ __all__ = [
     "RateLimited",
     "RuncueError",
     "StallTimeout",
+    "SubmitDeadlock",
     "UnknownServiceError",
     "UnknownTaskError",
     "WorkCancelled",
@@ -64,6 +68,16 @@ class InvalidRateError(RuncueError, ValueError):
 
 class CostTooLargeError(RuncueError, ValueError):
     """A work's estimated cost is above a cost window's whole limit: it could never start."""
+
+
+class CueFull(RuncueError):
+    """``max_pending`` work units are pending: ``submit_nowait()`` raises this where
+    ``submit()`` would wait (and ``submit()`` on a full cue that has not started)."""
+
+
+class SubmitDeadlock(CueFull):
+    """A ``submit()`` blocked by ``max_pending`` gave up: every pending work is waiting for
+    inputs (``is_ready`` said no) and nothing runs, so nothing in the cue can make room."""
 
 
 class WorkNotFound(RuncueError, KeyError):

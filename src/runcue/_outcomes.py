@@ -259,6 +259,9 @@ class Outcomes:
         work._scope = None
         seq = work._seq
         engine.works.pop(seq, None)
+        bound = engine.bound
+        if bound is not None and bound.waiters:
+            bound.room_made(engine.pending)
         parking = engine.parking
         if work._outputs:
             woken = parking.producer_done(work)
@@ -287,6 +290,9 @@ class Outcomes:
         reports = engine.reports
         if reports.waiters:
             reports.finished(seq)
+        if reports.watchers:
+            for watcher in reports.watchers:
+                watcher(work)
         if not engine.works or engine.running <= 1:
             reports.check_idle()
         if parking.swept and state is not WorkState.CANCELLED:

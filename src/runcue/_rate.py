@@ -260,7 +260,7 @@ class RateLimiter:
         new (a window was full of reservations, so its next free time was unknown)."""
         now = self._clock()
         news = any(
-            window.reserved and len(window.history()) + window.reserved >= window.limit
+            window.reserved and window.used() >= window.limit  # (O(1): no copy of the window)
             for window in self.windows
         )
         for window in self.windows:

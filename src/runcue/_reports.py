@@ -8,7 +8,8 @@ bounded by ``check_timeout`` and counted, so ``join()`` and ``stop()`` wait for 
 (``cue.subscribe``) get every :class:`WorkEvent`, synchronously, after the cue's bookkeeping.
 
 It also keeps the cue's waiting points: ``join()`` (nothing pending, running or being
-reported), ``wait()`` on one work, and ``stop()``'s wait for running handlers.
+reported), ``wait()`` on one work, ``stop()``'s wait for running handlers, and the watchers
+(``cue.map()``'s streams), told synchronously of every work that ends.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ __all__ = ["IN_REPORT", "IN_RUNNER", "Reports"]
 
 IN_RUNNER: contextvars.ContextVar[bool] = contextvars.ContextVar("runcue_in_runner", default=False)
 IN_REPORT: contextvars.ContextVar[bool] = contextvars.ContextVar("runcue_in_report", default=False)
+
+Watcher = Callable[["WorkUnit"], None]
 
 _new_event = tuple.__new__
 _END_KINDS = {state: state.value for state in WorkState}
@@ -66,6 +69,8 @@ class Reports:
         self.async_hooks: frozenset[str] = frozenset()  # the names of async event callbacks
         self.reporting = 0  # async callbacks being awaited; join() and stop() wait for them
         self.waiters: dict[int, anyio.Event] = {}  # by work._seq
+        # Called with every work that ends, in finish() (cue.map's streams): a tuple too.
+        self.watchers: tuple[Watcher, ...] = ()
         self.idle = anyio.Event()
         self.idle.set()
         self.is_idle = True  # mirrors idle.is_set(), cheaper to read per submit
@@ -73,15 +78,24 @@ class Reports:
 
     def subscribe(self, listener: Callable[[WorkEvent], object]) -> Callable[[], None]:
         """Add a listener; returns the function that removes it (once)."""
-        self.listeners = (*self.listeners, listener)
+        return self._join("listeners", listener)
 
-        def unsubscribe() -> None:
-            listeners = list(self.listeners)
-            if listener in listeners:
-                listeners.remove(listener)
-                self.listeners = tuple(listeners)
+    def watch(self, watcher: Watcher) -> Callable[[], None]:
+        """Call ``watcher(work)`` for every work that ends, synchronously in ``finish()``
+        before the listeners (quick, and never raising); returns the function that stops it."""
+        return self._join("watchers", watcher)
 
-        return unsubscribe
+    def _join(self, name: str, member: Callable[..., object]) -> Callable[[], None]:
+        """Add ``member`` to the tuple ``name``; returns the function that removes it (once)."""
+        setattr(self, name, (*getattr(self, name), member))
+
+        def leave() -> None:
+            members = list(getattr(self, name))
+            if member in members:
+                members.remove(member)
+                setattr(self, name, tuple(members))
+
+        return leave
 
     def refresh(self) -> None:
         """A callback was registered: note which are async."""

@@ -39,6 +39,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from . import _backend
+from ._backpressure import PendingBound
 from ._checks import CheckRunner, Verdict
 from ._deadlines import Deadlines
 from ._diagnosis import describe
@@ -142,6 +143,7 @@ class Scheduler:
         self.delayed = Delayed()
         self.queued_services: dict[Service, None] = {}  # services with queued work, in order
         self.threads: ThreadLimit | None = None  # sync handlers on services without concurrent
+        self.bound: PendingBound | None = None  # max_pending (set by the Cue)
 
         self.seq = 0
         self.running = 0
@@ -262,9 +264,19 @@ class Scheduler:
 
     # ------------------------------------------------------------------ intake
 
-    def submit(self, work: WorkUnit, dedup_key: Any, now: float | None = None) -> WorkUnit:
-        """Take a new work unit (validated by the Cue); returns the live twin if one exists.
+    def submit(
+        self, work: WorkUnit, dedup_key: Any, now: float | None = None, *, bounded: bool = True
+    ) -> WorkUnit | None:
+        """Take a new work unit (validated by the Cue); returns the live twin if one exists,
+        None when ``max_pending`` refuses it (``bounded=False``: a place was granted).
         ``now``: the loop's time, when the caller just read it."""
+        bound = self.bound
+        if (
+            bound is not None
+            and bounded
+            and (len(self.works) - self.running + bound.granted >= bound.limit or bound.waiters)
+        ):
+            return self.twin_of(work, dedup_key)  # max_pending reached; a twin never waits
         if dedup_key is not None:
             digest = hash(dedup_key)
             known = self.dedup.get(digest)
@@ -317,6 +329,16 @@ class Scheduler:
         if not self._wake_in_stream:
             self.wake()
         return work
+
+    def twin_of(self, work: WorkUnit, dedup_key: Any) -> WorkUnit | None:
+        """The live work that ``work`` would be de-duplicated into, if any."""
+        if dedup_key is None:
+            return None
+        known = self.dedup.get(hash(dedup_key))
+        for twin in known if isinstance(known, list) else (known,):
+            if twin is not None and _same_work(twin, work):
+                return twin
+        return None
 
     def forget_twin(self, work: WorkUnit, digest: int) -> None:
         """A work that asked for de-duplication ended: equal work is new work again."""
@@ -400,6 +422,9 @@ class Scheduler:
         if self.watch_stalls:
             self.last_progress = self.clock()
             self.stall_warned = False
+        bound = self.bound
+        if bound is not None and bound.waiters:
+            bound.room_made(self.pending)
 
     def give_back_soon(self, work: WorkUnit) -> None:
         """Return what a work holds in the store, in the background."""
@@ -495,6 +520,13 @@ class Scheduler:
             if hook is not None:
                 await self.reports.report("on_cancel", hook, work)
             return True
+        return self.cancel_soon(work, reason)
+
+    def cancel_soon(self, work: WorkUnit, reason: str) -> bool:
+        """``cancel()`` without waiting: an async ``on_cancel`` runs in the cue's task group."""
+        if work.state is WorkState.PENDING:
+            self.outcomes.cancelled(work, reason)
+            return True
         if work.state is WorkState.RUNNING:
             work._cancel_requested = True
             if work._scope is not None:
@@ -510,6 +542,8 @@ class Scheduler:
         their ``on_cancel`` callbacks run concurrently, each bounded like any callback: in
         the cue's task group while it runs (``stop()`` waits for them), else right here.
         """
+        if self.bound is not None:
+            self.bound.release_all()  # blocked submitters see the cue stopping and raise
         victims = [w for w in self.works.values() if w.state is WorkState.PENDING]
         if victims:
             logger.warning(
