@@ -89,7 +89,7 @@ async def main() -> None:
             background.start_soon(other_app, server.host, server.port, other)
             cue, used = client("runcue", server.host, server.port)
             async with cue:
-                for n in range(120):
+                for n in range(60):
                     prompt = rng.randint(50, 150)
                     await cue.submit(
                         "complete", {"n": n, "prompt": prompt, "max_tokens": rng.randint(50, 250)}

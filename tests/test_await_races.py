@@ -68,6 +68,96 @@ async def test_a_rate_redeclared_while_on_start_is_awaited_keeps_the_service_goi
     assert sorted(done) == list(range(6))
 
 
+async def test_a_concurrency_lowered_while_on_start_is_awaited_holds_for_unstarted_work(
+    make_cue: CueFactory,
+) -> None:
+    """Three starts admitted under concurrent=3 wait in an async on_start; the limit falls to
+    1: they run one at a time, not three at once, and all of them run."""
+    cue = make_cue()
+    cue.service("api", concurrent=3)
+    in_on_start = anyio.Event()
+    go_on = anyio.Event()
+    entered = 0
+    running = 0
+    most = 0
+    done: list[int] = []
+
+    @cue.task("t", uses="api")
+    async def handler(work: runcue.WorkUnit) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        for _ in range(5):  # overlap with any other handler let in at the same time
+            await anyio.lowlevel.checkpoint()
+        running -= 1
+        done.append(int(work.params["n"]))
+
+    @cue.on_start
+    async def on_start(work: runcue.WorkUnit) -> None:
+        nonlocal entered
+        entered += 1
+        if entered == 3:
+            in_on_start.set()
+        await go_on.wait()
+
+    with anyio.fail_after(10):
+        async with cue:
+            ids = [await cue.submit("t", {"n": n}) for n in range(3)]
+            await in_on_start.wait()
+            cue.service("api", concurrent=1)  # while admitted starts await on_start
+            go_on.set()
+            for work_id in ids:
+                await cue.wait(work_id)
+    assert most == 1
+    assert sorted(done) == [0, 1, 2]
+    assert cue.limiter("api").borrowed_tokens == 0
+
+
+async def test_a_rate_lowered_while_on_start_is_awaited_holds_for_unstarted_work(
+    make_cue: CueFactory,
+) -> None:
+    """Three starts reserved under ``5/10s`` wait in an async on_start; the rate falls to
+    ``1/10s``: one of them starts, the other two wait for the window (they end cancelled when
+    the cue stops), and the window never holds more than one."""
+    cue = make_cue()
+    cue.service("api", rate="5/10s")
+    in_on_start = anyio.Event()
+    go_on = anyio.Event()
+    finished = anyio.Event()
+    entered = 0
+    handled: list[int] = []
+
+    @cue.task("t", uses="api")
+    async def handler(work: runcue.WorkUnit) -> None:
+        handled.append(int(work.params["n"]))
+        for _ in range(5):  # the others, let go at the same time, decide meanwhile
+            await anyio.lowlevel.checkpoint()
+        finished.set()
+
+    @cue.on_start
+    async def on_start(work: runcue.WorkUnit) -> None:
+        nonlocal entered
+        entered += 1
+        if entered == 3:
+            in_on_start.set()
+        await go_on.wait()
+
+    with anyio.fail_after(10):
+        async with cue:
+            for n in range(3):
+                await cue.submit("t", {"n": n})
+            await in_on_start.wait()
+            cue.service("api", rate="1/10s")  # while reserved starts await on_start
+            go_on.set()
+            await finished.wait()
+            stats = cue.stats()
+            assert stats.services["api"].windows[0].used == 1
+            assert stats.pending == 2
+            await cue.stop()
+    assert len(handled) == 1
+    assert cue.stats().cancelled == 2
+
+
 def test_reconfigure_keeps_a_reservation_where_it_is_committed() -> None:
     """A rate limiter changed in place keeps its outstanding reservation: commit settles it."""
     from runcue._rate import RateLimiter, parse_rate

@@ -22,7 +22,7 @@ CASES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
         "llm_tokens.py",
         (),
         (
-            r"runcue: 120 answers, [\d,]+ tokens, \d+ 429s met; the other app: [\d,]+ tokens",
+            r"runcue: 60 answers, [\d,]+ tokens, \d+ 429s met; the other app: [\d,]+ tokens",
             r"server: most [\d,]+ of 6,000 tokens and \d+ of 40 requests accepted in any 2s",
         ),
     ),

@@ -303,8 +303,8 @@ def test_a_pause_gate_admits_again_exactly_when_it_ends() -> None:
     reason = admission.blocked(make_work(1), clock.now)
     assert reason is not None and reason[0] == "paused"
     clock.now += 2.0
-    assert admission.admits()
-    assert admission.admit(make_work(1)) is not None
+    holds = admission.admit(make_work(1))
+    assert holds is not None and admission.still(holds)
 
 
 def test_a_rate_limit_stamps_starts_at_commit_and_frees_a_slot_one_period_later() -> None:
@@ -347,4 +347,22 @@ async def test_a_concurrency_limit_is_the_capacity_limiter_borrowed_per_work() -
     held[0].settle(held, first, 0.0, None)
     assert limiter.borrowed_tokens == 1
     limiter.total_tokens = 1  # reconfigured down: no new start until one more ends
+    assert admission.admit(make_work(3)) is None
+
+
+@pytest.mark.anyio
+async def test_work_admitted_before_its_limit_was_lowered_gives_way_before_it_starts() -> None:
+    """Admitted under concurrent=3, not started yet, then the limit falls to 1: ``still``
+    says no to each hold while more are borrowed than the limit allows, and yes again once
+    the unstarted gave theirs back."""
+    limiter = anyio.CapacityLimiter(3)
+    admission = Admission([ConcurrencyLimit(limiter, "service 'api'")])
+    holds = [admission.admit(make_work(n)) for n in range(3)]
+    assert all(hold is not None and admission.still(hold) for hold in holds)
+    limiter.total_tokens = 1
+    assert not any(hold is not None and admission.still(hold) for hold in holds)
+    for hold in holds[1:]:
+        assert hold is not None
+        admission.release(hold)
+    assert holds[0] is not None and admission.still(holds[0])
     assert admission.admit(make_work(3)) is None

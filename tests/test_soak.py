@@ -16,7 +16,7 @@ import runcue
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-ITEMS = 100_000  # per backend: 200,000 in all (tracemalloc makes each item ~3x slower)
+ITEMS = 60_000  # per backend: 120,000 in all (tracemalloc makes each item ~3x slower)
 WAVES = 10
 WARM_UP_WAVES = 2
 KEEP = 1_000

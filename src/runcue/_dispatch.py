@@ -246,7 +246,12 @@ class Dispatcher:
             return None
         if admission.awaiting:
             granted = await admission.admit_awaiting(work)
-            if not granted or work._where != CHECKING or engine.closing or not admission.admits():
+            if (
+                not granted
+                or work._where != CHECKING
+                or engine.closing
+                or not admission.still(holds)
+            ):
                 admission.release(holds)
                 if granted:
                     engine.give_back_soon(work)  # granted, but cancelled or held back meanwhile

@@ -2,8 +2,10 @@
 
 With ``Cue(store=...)``, work can hold two things in the store while it runs: a **lease** (a
 slot of a ``shared=True`` service with ``concurrent``) and a **claim** (keyed work). Both live
-``lease_ttl`` seconds on the store's clock unless renewed; the keeper renews them every third
-of that.
+``lease_ttl`` seconds on the store's clock unless renewed; the keeper renews them once the
+oldest has used a third of that (at once for a grant whose request took that long to answer),
+and after a round the store did not answer, tries again within a tenth of the TTL rather than
+a third, so one lost round trip does not cost a holding granted just after an outage.
 
 **What holds when the store cannot be reached.** Each holding has a local deadline: the time
 the request that granted (or last renewed) it was *sent*, plus ``lease_ttl``. The store set
@@ -261,18 +263,30 @@ class Fleet:
     # ------------------------------------------------------------------ keeping
 
     async def keep(self) -> None:
-        """Renew every lease and claim held, every third of the TTL (a task of the cue)."""
+        """Renew every lease and claim held before a third of its TTL is used (a task of the
+        cue); after a failed round, again within a tenth of the TTL."""
+        failed = False
         while True:
             if not self.unsettled and not any(h.lease or h.claim for h in self.holdings.values()):
                 self._keeper_event = anyio.Event()
                 await self._keeper_event.wait()
-            await anyio.sleep(self.ttl / 3)
-            await self.renew()
+            await anyio.sleep(self.pause(failed))
+            failed = not await self.renew()
             if self.unsettled:
                 await self.settle_pending()
 
-    async def renew(self) -> None:
-        """One round of renewals; a holding the store no longer has is lost at once."""
+    def pause(self, failed: bool) -> float:
+        """Seconds until the next renewal round: a tenth of the TTL after a failed round,
+        else when the oldest holding has used a third of its TTL (at most a third of the TTL
+        from now, at least a hundredth: never a busy loop)."""
+        if failed:
+            return self.ttl / 10
+        until = min((h.until for h in self.holdings.values() if h.lost is None), default=math.inf)
+        return max(self.ttl / 100, min(self.ttl / 3, until - self.ttl * 2 / 3 - self.clock()))
+
+    async def renew(self) -> bool:
+        """One round of renewals; a holding the store no longer has is lost at once. False
+        when the store could not be reached."""
         leases: dict[str, dict[str, Holding]] = {}
         claims: dict[str, Holding] = {}
         for holding in list(self.holdings.values()):
@@ -301,6 +315,8 @@ class Fleet:
                         holding.claimed_until = sent_at + self.ttl
         except Exception as exc:
             logger.warning("runcue: renewing leases in the store failed (%r)", exc)
+            return False
+        return True
 
     def next_deadline(self) -> float:
         """When the first holding runs out unless renewed first (the scheduler wakes then)."""

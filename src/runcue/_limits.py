@@ -13,14 +13,16 @@ of:
   service paused meanwhile).
 
 Gates are asked at admission and again right before the handler, after every await or
-hand-over in between. Every limit also says when it could next admit as far as time decides
-(``ready_at``: a time, or ``inf`` when only an event frees it -- a finishing handler wakes the
-scheduler itself), why it refuses a work now (``blocked``, for ``debug_blocked()`` and
-``explain()``), and what it holds (``state``, for ``stats()``). A limit whose ``awaits`` is set
-(the shared store) takes a round trip to reserve and to settle: the scheduler awaits
-``reserve_async`` / ``settle_async`` after the local limits admitted -- the same path, one
-flag. Limits read time from the clock they are given (the loop's), so the hot path passes
-none. A kind of limit is one class here; the scheduler never names one.
+hand-over in between; so is every hold (``fits``), so a limit lowered meanwhile is not
+overrun by work admitted under the old one and not started yet. Every limit also says when
+it could next admit as far as time decides (``ready_at``: a time, or ``inf`` when only an
+event frees it -- a finishing handler wakes the scheduler itself), why it refuses a work now
+(``blocked``, for ``debug_blocked()`` and ``explain()``), and what it holds (``state``, for
+``stats()``). A limit whose ``awaits`` is set (the shared store) takes a round trip to
+reserve and to settle: the scheduler awaits ``reserve_async`` / ``settle_async`` after the
+local limits admitted -- the same path, one flag. Limits read time from the clock they are
+given (the loop's), so the hot path passes none. A kind of limit is one class here; the
+scheduler never names one.
 
 Today's kinds: :class:`PauseLimit` (after a ``RateLimited``), ``ConcurrencyLimit`` (a real
 :class:`anyio.CapacityLimiter`, borrowed on behalf of each work; app code may share it) and
@@ -83,6 +85,12 @@ class Limit:
 
     def release(self, hold: Any) -> None:
         return None
+
+    def fits(self, hold: Any) -> bool:
+        """After an await (or a hand-over) between admission and the handler: does the hold
+        still fit the limit as it is configured now? (A limit lowered meanwhile below what
+        its holders use: work that has not started yet gives its place back.)"""
+        return True
 
     def settle(self, hold: Any, work: WorkUnit, now: float, error: BaseException | None) -> None:
         return None
@@ -200,6 +208,10 @@ class RateLimit(Limit):
     def release(self, hold: Any) -> None:
         hold.release()
 
+    def fits(self, hold: Any) -> bool:
+        # Reserved slots count as starts: more than a window's limit only after a lowering.
+        return all(window.used() <= window.limit for window in hold.windows)
+
     def ready_at(self, work: WorkUnit | None, now: float) -> float:
         return self.rate.next_free(now)
 
@@ -295,6 +307,7 @@ class Admission:
     __slots__ = (
         "awaiting",
         "committers",
+        "fitters",
         "gates",
         "held",
         "holders",
@@ -312,6 +325,9 @@ class Admission:
         # Indexes into the holds (the admission itself is at 0).
         self.committers = tuple(
             i + 1 for i, limit in enumerate(self.holders) if type(limit).commit is not Limit.commit
+        )
+        self.fitters = tuple(
+            i + 1 for i, limit in enumerate(self.holders) if type(limit).fits is not Limit.fits
         )
         self.held = any(limit.held_while_running for limit in self.holders)
         self.awaiting = tuple(limit for limit in self.limits if limit.awaits)
@@ -344,10 +360,17 @@ class Admission:
                 return False
         return True
 
-    def admits(self) -> bool:
-        """After an await (or a hand-over) between admission and the handler: still yes?"""
-        for gate in self.gates:  # noqa: SIM110 - a loop costs less than all() per start
+    def still(self, holds: tuple[Any, ...]) -> bool:
+        """After an await (or a hand-over) between admission and the handler: do the gates
+        of the service as it is now admit a start, and do the holds (made by the admission
+        ``holds[0]``, maybe before a reconfiguration) still fit their limits?"""
+        for gate in self.gates:
             if not gate.admits():
+                return False
+        made: Admission = holds[0]
+        holders = made.holders
+        for index in made.fitters:  # noqa: SIM110 - a loop costs less than all() per start
+            if not holders[index - 1].fits(holds[index]):
                 return False
         return True
 

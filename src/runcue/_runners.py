@@ -217,9 +217,9 @@ class Runners:
         snapshot: Snapshot | None = None
         committed = False
         begun = engine.clock()
-        if handed and (engine.closing or not admission.admits()):
-            # Handed to this runner, then the cue began stopping or the service was paused
-            # (RateLimited) before the runner got to it: no handler call now.
+        if handed and (engine.closing or not admission.still(work._holds)):
+            # Handed to this runner, then the cue began stopping, the service was paused
+            # (RateLimited) or its limits lowered before the runner got to it: no call now.
             self.unadmit(work, service)
             return None
         reports = engine.reports
@@ -234,7 +234,7 @@ class Runners:
             if on_start is not None:
                 if "on_start" in reports.async_hooks:
                     await reports.report("on_start", on_start, work)
-                    if engine.closing or not admission.admits():
+                    if engine.closing or not admission.still(work._holds):
                         self.unadmit(work, service)  # (the world changed while it was awaited)
                         return None
                 else:

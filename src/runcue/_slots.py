@@ -87,6 +87,10 @@ class ConcurrencyLimit(Limit):
         self.ours -= 1
         self._release(hold)  # (no gate for this: another limit refused, not this one)
 
+    def fits(self, hold: Any) -> bool:
+        limiter = self.limiter  # lowered below what is borrowed: the unstarted give way
+        return bool(limiter.borrowed_tokens <= limiter.total_tokens)
+
     def settle(self, hold: Any, work: WorkUnit, now: float, error: BaseException | None) -> None:
         self.ours -= 1
         self._release(hold)
