@@ -27,6 +27,7 @@ from runcue._queues import (
 from runcue._rate import RateLimiter, parse_rate
 from runcue._slots import ConcurrencyLimit
 from runcue._task import TaskSpec
+from runcue._twins import Twins
 
 
 async def _noop(work: runcue.WorkUnit) -> None:
@@ -366,3 +367,42 @@ async def test_work_admitted_before_its_limit_was_lowered_gives_way_before_it_st
         admission.release(hold)
     assert holds[0] is not None and admission.still(holds[0])
     assert admission.admit(make_work(3)) is None
+
+
+class _Collides:
+    """A de-duplication key whose hash collides with every other one of its kind."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __hash__(self) -> int:
+        return 7
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Collides) and other.name == self.name
+
+
+def test_twins_find_equal_live_work_and_forget_it_once_it_ends() -> None:
+    """The index returns the live twin of equal work (also through a hash collision, where
+    params decide), and forgets a work so that equal work is new again."""
+    twins = Twins()
+    first, again, other = make_work(1, seq=1), make_work(1, seq=2), make_work(2, seq=3)
+    assert twins.add(first, ("t", "one")) is None
+    assert twins.add(again, ("t", "one")) is first
+    assert twins.find(again, ("t", "one")) is first
+    assert twins.find(again, None) is None
+    # A colliding hash chains: params tell the works apart.
+    assert twins.add(other, _Collides("x")) is None
+    colliding = make_work(2, seq=4)
+    assert twins.add(colliding, _Collides("y")) is other  # equal params: the same work
+    assert twins.find(make_work(9, seq=5), _Collides("z")) is None
+    third = make_work(3, seq=6)
+    assert twins.add(third, _Collides("w")) is None  # a chain of two under one hash
+    assert len(twins) == 2
+    assert first._dedup_key is not None and other._dedup_key is not None
+    twins.forget(first, first._dedup_key)
+    assert twins.find(again, ("t", "one")) is None
+    twins.forget(other, other._dedup_key)
+    assert twins.find(make_work(3, seq=7), _Collides("v")) is third  # the chain shrank to one
+    twins.forget(third, hash(_Collides("v")))
+    assert len(twins) == 0

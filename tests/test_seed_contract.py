@@ -35,7 +35,7 @@ async def test_identical_submits_are_separate_work_by_default(make_cue: CueFacto
     with anyio.fail_after(10):
         async with cue:
             ids = [await cue.submit("ping", params={}) for _ in range(5)]
-            assert not cue._engine.dedup  # no de-duplication index is kept at all
+            assert not cue._engine.twins  # no de-duplication index is kept at all
     assert len(set(ids)) == 5
     assert sorted(runs) == sorted(ids)
     assert kinds.count("queued") == 5

@@ -63,6 +63,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 
+from ._sfv import int_param, members, seconds_param
+
 __all__ = [
     "HeadersLike",
     "ServerLimit",
@@ -251,134 +253,6 @@ def _unit_dimension(unit: str) -> str:
     return {"request": "requests", "token": "tokens"}.get(dimension, dimension)
 
 
-# ------------------------------------------------------------------ structured fields
-
-
-_SF_TOKEN = re.compile(r"[A-Za-z*][A-Za-z0-9_\-.:%*/!#$&'+^`|~]*")
-_SF_KEY = re.compile(r"[a-z*][a-z0-9_\-.*]*")
-_SF_NUMBER = re.compile(r"-?\d{1,15}(?:\.\d{1,3})?")
-
-_Bare = str | int | float | bool
-
-
-class _Malformed(Exception):
-    """A Structured Field that does not parse (the whole field is then ignored)."""
-
-
-class _Reader:
-    """A small reader of RFC 8941 lists and dictionaries: enough for the RateLimit fields."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.at = 0
-
-    def _skip(self, spaces: str = " \t") -> None:
-        while self.at < len(self.text) and self.text[self.at] in spaces:
-            self.at += 1
-
-    def bare(self) -> _Bare:
-        text, at = self.text, self.at
-        if at >= len(text):
-            raise _Malformed
-        char = text[at]
-        if char == '"':
-            out = []
-            at += 1
-            while at < len(text):
-                char = text[at]
-                if char == "\\" and at + 1 < len(text):
-                    out.append(text[at + 1])
-                    at += 2
-                elif char == '"':
-                    self.at = at + 1
-                    return "".join(out)
-                else:
-                    out.append(char)
-                    at += 1
-            raise _Malformed
-        if char == ":":  # a byte sequence, kept as its base64 text
-            end = text.find(":", at + 1)
-            if end < 0:
-                raise _Malformed
-            self.at = end + 1
-            return text[at + 1 : end]
-        if char == "?":
-            if text[at + 1 : at + 2] in ("0", "1"):
-                self.at = at + 2
-                return text[at + 1] == "1"
-            raise _Malformed
-        number = _SF_NUMBER.match(text, at)
-        if number is not None:
-            self.at = number.end()
-            return float(number[0]) if "." in number[0] else int(number[0])
-        token = _SF_TOKEN.match(text, at)
-        if token is not None:
-            self.at = token.end()
-            return token[0]
-        raise _Malformed
-
-    def key(self) -> str:
-        match = _SF_KEY.match(self.text, self.at)
-        if match is None:
-            raise _Malformed
-        self.at = match.end()
-        return match[0]
-
-    def parameters(self) -> dict[str, _Bare]:
-        params: dict[str, _Bare] = {}
-        while self.at < len(self.text) and self.text[self.at] == ";":
-            self.at += 1
-            self._skip(" ")
-            key = self.key()
-            value: _Bare = True
-            if self.at < len(self.text) and self.text[self.at] == "=":
-                self.at += 1
-                value = self.bare()
-            params[key] = value
-        return params
-
-    def members(self) -> list[tuple[_Bare, _Bare | None, dict[str, _Bare]]]:
-        """Each member as (item or key, its value if written ``key=value``, parameters)."""
-        out: list[tuple[_Bare, _Bare | None, dict[str, _Bare]]] = []
-        self._skip()
-        while self.at < len(self.text):
-            item = self.bare()
-            value: _Bare | None = None
-            if isinstance(item, str) and self.at < len(self.text) and self.text[self.at] == "=":
-                self.at += 1
-                value = self.bare()
-            out.append((item, value, self.parameters()))
-            self._skip()
-            if self.at >= len(self.text):
-                break
-            if self.text[self.at] != ",":
-                raise _Malformed
-            self.at += 1
-            self._skip()
-            if self.at >= len(self.text):
-                raise _Malformed  # a trailing comma
-        return out
-
-
-def _members(text: str) -> list[tuple[_Bare, _Bare | None, dict[str, _Bare]]]:
-    try:
-        return _Reader(text).members()
-    except (_Malformed, ValueError, OverflowError):
-        return []
-
-
-def _int_param(value: _Bare | None) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return int(value) if value >= 0 and math.isfinite(value) else None
-
-
-def _seconds_param(value: _Bare | None) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if value >= 0 and math.isfinite(value) else None
-
-
 # ------------------------------------------------------------------ reading
 
 
@@ -529,7 +403,7 @@ def _read_ietf_fields(fields: dict[str, str], now_wall: float, found: _Found) ->
     if limit is not None:
         part.limit = _count(_first(limit))
         # "100, 100;w=60": the members after the first describe its policy.
-        windows = [_seconds_param(params.get("w")) for _, _, params in _members(limit)]
+        windows = [seconds_param(params.get("w")) for _, _, params in members(limit)]
         part.window = next((window for window in windows if window is not None), None)
     remaining = fields.get("ratelimit-remaining")
     if remaining is not None:
@@ -541,22 +415,22 @@ def _read_ietf_fields(fields: dict[str, str], now_wall: float, found: _Found) ->
 
 def _read_ietf_structured(fields: dict[str, str], found: _Found) -> None:
     policies: dict[str, tuple[str, int | None, float | None]] = {}
-    for item, value, params in _members(fields.get("ratelimit-policy", "")):
+    for item, value, params in members(fields.get("ratelimit-policy", "")):
         if value is not None or not isinstance(item, str):
             continue
         unit = params.get("qu", "request")
         dimension = _unit_dimension(unit) if isinstance(unit, str) else "requests"
-        quota = _int_param(params.get("q", params.get("l")))
-        policies[item] = (dimension, quota, _seconds_param(params.get("w")))
+        quota = int_param(params.get("q", params.get("l")))
+        policies[item] = (dimension, quota, seconds_param(params.get("w")))
 
-    current = _members(fields.get("ratelimit", ""))
+    current = members(fields.get("ratelimit", ""))
     keyed = {item: value for item, value, _ in current if value is not None}
     if keyed and set(keyed) <= {"limit", "remaining", "reset", "policy"}:
         # The dictionary form: "limit=10, remaining=1, reset=7".
         part = _part(found, "ietf", "requests")
-        part.limit = _int_param(keyed.get("limit"))
-        part.remaining = _int_param(keyed.get("remaining"))
-        part.reset_after = _seconds_param(keyed.get("reset"))
+        part.limit = int_param(keyed.get("limit"))
+        part.remaining = int_param(keyed.get("remaining"))
+        part.reset_after = seconds_param(keyed.get("reset"))
         return
     seen: set[str] = set()
     for item, value, params in current:
@@ -566,8 +440,8 @@ def _read_ietf_structured(fields: dict[str, str], found: _Found) -> None:
         part = _part(found, "ietf", dimension, item)
         part.limit = quota
         part.window = window
-        part.remaining = _int_param(params.get("r"))
-        part.reset_after = _seconds_param(params.get("t"))
+        part.remaining = int_param(params.get("r"))
+        part.reset_after = seconds_param(params.get("t"))
         seen.add(item)
     for item, (dimension, quota, window) in policies.items():
         if item not in seen and quota is not None:

@@ -139,7 +139,7 @@ class Lifecycle:
                 self._state = STOPPING
                 self._engine.closing = True
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                    await self._engine.cancel_all_pending(
+                    await self._engine.outcomes.cancel_all_pending(
                         "the cue was left by an exception before this work ran"
                     )
             self._tg.cancel_scope.cancel()
@@ -221,7 +221,7 @@ class Lifecycle:
         if self._state in (NEW, STOPPED) and not self._launching:
             self._state = STOPPED
             self._engine.closing = True
-            await self._engine.cancel_all_pending("the cue was stopped before it started")
+            await self._engine.outcomes.cancel_all_pending("the cue was stopped before it started")
             self._closed.set()
             return
         mode = self._mode
@@ -242,15 +242,15 @@ class Lifecycle:
         engine.closing = True
         engine.wake()
         if timeout == 0:
-            engine.cancel_running()  # told first: on_cancel callbacks of pending work wait
-        await engine.cancel_all_pending("the cue stopped before this work ran")
+            engine.outcomes.cancel_running()  # told first: on_cancel callbacks of pending work wait
+        await engine.outcomes.cancel_all_pending("the cue stopped before this work ran")
         if timeout is None:
             await engine.wait_no_running()
         else:
             with anyio.move_on_after(timeout) as patience:
                 await engine.wait_no_running()
             if patience.cancelled_caught:
-                engine.cancel_running()
+                engine.outcomes.cancel_running()
                 # Cancelled handlers end at once; callbacks still awaited end with the task
                 # group, which the caller closes next.
                 await engine.wait_no_running(reports=False)

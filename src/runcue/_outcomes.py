@@ -278,7 +278,7 @@ class Outcomes:
             work._missing = []
         digest = work._dedup_key
         if digest is not None:
-            engine.forget_twin(work, digest)
+            engine.twins.forget(work, digest)
         keep = engine.keep_finished
         finished = engine.finished
         if keep is None:
@@ -300,3 +300,70 @@ class Outcomes:
             engine.wake()
         if reports.listeners:
             reports.emit_end(work, duration, now)
+
+    # ------------------------------------------------------------------ cancelling
+
+    async def cancel(self, work: WorkUnit, reason: str) -> bool:
+        """Cancel pending or running work; False when it already finished."""
+        if work.state is WorkState.PENDING:
+            engine = self.engine
+            engine.cancelled += 1
+            self.finish(work, WorkState.CANCELLED, exception=WorkCancelled(reason))
+            hook = engine.hooks.on_cancel
+            if hook is not None:
+                await engine.reports.report("on_cancel", hook, work)
+            return True
+        return self.cancel_soon(work, reason)
+
+    def cancel_soon(self, work: WorkUnit, reason: str) -> bool:
+        """``cancel()`` without waiting: an async ``on_cancel`` runs in the cue's task group."""
+        if work.state is WorkState.PENDING:
+            self.cancelled(work, reason)
+            return True
+        if work.state is WorkState.RUNNING:
+            work._cancel_requested = True
+            if work._scope is not None:
+                work._scope.cancel()
+            return True
+        return False
+
+    async def cancel_all_pending(self, reason: str) -> int:
+        """Cancel every pending work unit (the cue is stopping); returns how many.
+
+        All of them end cancelled at once, with no await in between (a check or a claim
+        still being awaited for one of them finds it cancelled and starts nothing); then
+        their ``on_cancel`` callbacks run concurrently, each bounded like any callback: in
+        the cue's task group while it runs (``stop()`` waits for them), else right here.
+        """
+        engine = self.engine
+        if engine.bound is not None:
+            engine.bound.release_all()  # blocked submitters see the cue stopping and raise
+        victims = [w for w in engine.works.values() if w.state is WorkState.PENDING]
+        if victims:
+            logger.warning(
+                "runcue: stopping with %d work units still pending; they end cancelled: %s",
+                len(victims),
+                ", ".join(repr(w) for w in victims[:5]) + (" ..." if len(victims) > 5 else ""),
+            )
+        for work in victims:
+            engine.cancelled += 1
+            self.finish(work, WorkState.CANCELLED, exception=WorkCancelled(reason))
+        hook = engine.hooks.on_cancel
+        if hook is not None and victims:
+            reports = engine.reports
+            if engine.tg is None and "on_cancel" in reports.async_hooks:
+                await reports.run_all("on_cancel", hook, [(work,) for work in victims])
+            else:
+                for work in victims:
+                    reports.report_soon("on_cancel", hook, work)
+        return len(victims)
+
+    def cancel_running(self) -> None:
+        """Tell every running work to cancel (the cue is stopping)."""
+        for work in list(self.engine.works.values()):
+            if work.state is WorkState.RUNNING:
+                # Also work handed to a runner that has not started it yet (no scope yet):
+                # the runner sees the request before calling its handler.
+                work._cancel_requested = True
+                if work._scope is not None:
+                    work._scope.cancel()

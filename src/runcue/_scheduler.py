@@ -65,22 +65,13 @@ from ._runners import Runners
 from ._service import Service
 from ._slots import ThreadLimit
 from ._store import Store
+from ._twins import Twins
 from ._work import PriorityContext, WorkState, WorkUnit
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = ["Scheduler"]
-
-
-def _same_work(one: WorkUnit, other: WorkUnit) -> bool:
-    """Whether two work units are the same work: the same key, or no key and the same task
-    with equal params."""
-    if one.task != other.task:
-        return False
-    if one.key is not None or other.key is not None:
-        return bool(one.key == other.key)
-    return bool(one.params == other.params)
 
 
 def _clamp_priority(value: object) -> float:
@@ -133,10 +124,7 @@ class Scheduler:
 
         self.works: dict[int, WorkUnit] = {}  # pending and running, by number (work._seq)
         self.finished: OrderedDict[int, WorkUnit] = OrderedDict()  # by _seq, oldest first
-        # Live work by the hash of its identity (task and params, or its key), kept only for
-        # work that asked for de-duplication: only the int is kept, and equality is checked
-        # on the work itself. Hash collisions chain in a list.
-        self.dedup: dict[int, WorkUnit | list[WorkUnit]] = {}
+        self.twins = Twins()  # live work that asked for de-duplication
         self.sweeps = SweepClock(recheck_interval)
         self.parking = Parking(self.sweeps)
         checks.producers = self.parking.producers
@@ -276,20 +264,11 @@ class Scheduler:
             and bounded
             and (len(self.works) - self.running + bound.granted >= bound.limit or bound.waiters)
         ):
-            return self.twin_of(work, dedup_key)  # max_pending reached; a twin never waits
+            return self.twins.find(work, dedup_key)  # max_pending reached; a twin never waits
         if dedup_key is not None:
-            digest = hash(dedup_key)
-            known = self.dedup.get(digest)
-            if known is None:
-                self.dedup[digest] = work
-            else:
-                chain = known if isinstance(known, list) else [known]
-                for twin in chain:
-                    if _same_work(twin, work):
-                        return twin
-                chain.append(work)
-                self.dedup[digest] = chain
-            work._dedup_key = digest
+            twin = self.twins.add(work, dedup_key)
+            if twin is not None:
+                return twin
         if now is None:
             now = self.clock()
         work._submitted = now
@@ -329,26 +308,6 @@ class Scheduler:
         if not self._wake_in_stream:
             self.wake()
         return work
-
-    def twin_of(self, work: WorkUnit, dedup_key: Any) -> WorkUnit | None:
-        """The live work that ``work`` would be de-duplicated into, if any."""
-        if dedup_key is None:
-            return None
-        known = self.dedup.get(hash(dedup_key))
-        for twin in known if isinstance(known, list) else (known,):
-            if twin is not None and _same_work(twin, work):
-                return twin
-        return None
-
-    def forget_twin(self, work: WorkUnit, digest: int) -> None:
-        """A work that asked for de-duplication ended: equal work is new work again."""
-        known = self.dedup.get(digest)
-        if known is work:
-            del self.dedup[digest]
-        elif isinstance(known, list) and work in known:
-            known.remove(work)
-            if len(known) == 1:
-                self.dedup[digest] = known[0]
 
     def wake(self) -> None:
         """Make the scheduler look again soon (coalesced: one wake item at a time)."""
@@ -508,70 +467,6 @@ class Scheduler:
                 if not handing_on(service):  # (a runner being woken starts it, or wakes us)
                     deadline = min(deadline, service.ready_at(now))
         return deadline
-
-    # ------------------------------------------------------------------ control
-
-    async def cancel(self, work: WorkUnit, reason: str) -> bool:
-        """Cancel pending or running work; False when it already finished."""
-        if work.state is WorkState.PENDING:
-            self.cancelled += 1
-            self.outcomes.finish(work, WorkState.CANCELLED, exception=WorkCancelled(reason))
-            hook = self.hooks.on_cancel
-            if hook is not None:
-                await self.reports.report("on_cancel", hook, work)
-            return True
-        return self.cancel_soon(work, reason)
-
-    def cancel_soon(self, work: WorkUnit, reason: str) -> bool:
-        """``cancel()`` without waiting: an async ``on_cancel`` runs in the cue's task group."""
-        if work.state is WorkState.PENDING:
-            self.outcomes.cancelled(work, reason)
-            return True
-        if work.state is WorkState.RUNNING:
-            work._cancel_requested = True
-            if work._scope is not None:
-                work._scope.cancel()
-            return True
-        return False
-
-    async def cancel_all_pending(self, reason: str) -> int:
-        """Cancel every pending work unit (the cue is stopping); returns how many.
-
-        All of them end cancelled at once, with no await in between (a check or a claim
-        still being awaited for one of them finds it cancelled and starts nothing); then
-        their ``on_cancel`` callbacks run concurrently, each bounded like any callback: in
-        the cue's task group while it runs (``stop()`` waits for them), else right here.
-        """
-        if self.bound is not None:
-            self.bound.release_all()  # blocked submitters see the cue stopping and raise
-        victims = [w for w in self.works.values() if w.state is WorkState.PENDING]
-        if victims:
-            logger.warning(
-                "runcue: stopping with %d work units still pending; they end cancelled: %s",
-                len(victims),
-                ", ".join(repr(w) for w in victims[:5]) + (" ..." if len(victims) > 5 else ""),
-            )
-        for work in victims:
-            self.cancelled += 1
-            self.outcomes.finish(work, WorkState.CANCELLED, exception=WorkCancelled(reason))
-        hook = self.hooks.on_cancel
-        if hook is not None and victims:
-            reports = self.reports
-            if self.tg is None and "on_cancel" in reports.async_hooks:
-                await reports.run_all("on_cancel", hook, [(work,) for work in victims])
-            else:
-                for work in victims:
-                    reports.report_soon("on_cancel", hook, work)
-        return len(victims)
-
-    def cancel_running(self) -> None:
-        for work in list(self.works.values()):
-            if work.state is WorkState.RUNNING:
-                # Also work handed to a runner that has not started it yet (no scope yet):
-                # the runner sees the request before calling its handler.
-                work._cancel_requested = True
-                if work._scope is not None:
-                    work._scope.cancel()
 
     # ------------------------------------------------------------------ waiting
 

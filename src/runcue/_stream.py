@@ -323,7 +323,8 @@ class _Feed:
             if work is None or seq in self.borrowed:
                 del self.unfinished[seq]
             else:
-                engine.cancel_soon(work, f"cue.map({self.task!r}, ...) was closed before it ended")
+                reason = f"cue.map({self.task!r}, ...) was closed before it ended"
+                engine.outcomes.cancel_soon(work, reason)
         self.borrowed.clear()
         self.ready.clear()
         self.ready_at.clear()
