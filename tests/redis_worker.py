@@ -175,7 +175,8 @@ async def main(url: str, namespace: str, mode: str, count: int, output: Path, tt
 
             @cue.on_failure
             def on_failure(unit: runcue.WorkUnit, error: BaseException) -> None:
-                record(out, "failed", unit.params["i"])
+                why = f"{type(error).__name__}:{str(error)[:150]}".replace(" ", "_")
+                record(out, "failed", f"{unit.params['i']}|{why}|{unit.attempt}")
 
             for index in range(count):
                 key = f"item-{index}" if mode == "keyed" else None

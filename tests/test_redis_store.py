@@ -329,6 +329,26 @@ async def test_a_restart_keeps_live_leases(server: RedisServer) -> None:
     await other.aclose()
 
 
+async def test_a_restart_seen_first_by_another_call_still_lets_the_holder_renew(
+    server: RedisServer,
+) -> None:
+    """After a restart, the holder's own next acquire (or claim) is the call that notices the
+    loss and learns the new epoch; its renewal right after still re-creates the lease (and
+    the claim) it held, instead of finding it gone."""
+    holder, other = make_store(server), make_store(server)
+    assert await holder.acquire("api", windows=(), concurrent=2, lease="a", ttl=1.0) == 0
+    assert await holder.claim("job:live", "A", 1.0)
+    server.restart()
+    assert await holder.acquire("api", windows=(), concurrent=2, lease="b", ttl=1.0) > 0
+    assert not await holder.claim("job:other", "A", 1.0)  # claims paused: the loss is seen
+    assert await holder.renew("api", ["a"], 1.0) == []  # re-created, not "expired"
+    assert await holder.renew_claims(["job:live"], "A", 1.0) == []
+    assert not await other.claim("job:live", "B", 1.0)
+    assert await other.acquire("api", windows=(), concurrent=1, lease="c", ttl=1.0) > 0
+    await holder.aclose()
+    await other.aclose()
+
+
 async def test_a_restart_keeps_live_claims(server: RedisServer) -> None:
     """After Redis restarts empty, nobody can take a claim before its holder re-creates it
     at its next renewal; a claim whose holder never renews is free once a TTL has passed."""

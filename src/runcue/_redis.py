@@ -192,12 +192,17 @@ def _estimates(costs: Sequence[tuple[str, RateSpec, float]]) -> dict[str, float]
 class _Epoch:
     """What this process knows of one epoch key: the token and when it last saw it."""
 
-    __slots__ = ("keep", "seen_at", "token")
+    __slots__ = ("changed_at", "keep", "previous", "seen_at", "token")
 
     def __init__(self) -> None:
         self.token = ""
         self.seen_at = -math.inf
         self.keep = 0.0
+        # The token before the last change, and when the change was seen: a renewal sends it
+        # for a while, so that leases (or claims) lost in a restart are re-created even when
+        # another call of this process saw the loss first and learned the new token.
+        self.previous = ""
+        self.changed_at = -math.inf
 
     def known(self) -> str:
         """The token, while recent enough that its key must still exist unless Redis lost it."""
@@ -206,9 +211,20 @@ class _Epoch:
         return ""
 
     def saw(self, token: str, sent_at: float, keep: float) -> None:
+        if self.token and token != self.token:
+            self.previous = self.token
+            self.changed_at = time.monotonic()
         self.token = token
         self.seen_at = sent_at
         self.keep = keep
+
+    def for_renewal(self, grace: float) -> str:
+        """What a renewal sends as known: the token before a change seen less than ``grace``
+        ago (the server re-creates holdings only while the loss is that recent), else
+        :meth:`known`."""
+        if self.previous and time.monotonic() - self.changed_at < grace:
+            return self.previous
+        return self.known()
 
 
 class RedisStore:
@@ -317,11 +333,17 @@ class RedisStore:
                 epoch = self._epochs[name] = _Epoch()
             return epoch
 
-    def _epoch_args(self, name: str, grace: float) -> tuple[_Epoch, list[str | int]]:
-        """The four prelude arguments: known epoch, a fresh token, grace (µs), key life (ms)."""
+    def _epoch_args(
+        self, name: str, grace: float, *, renewing: bool = False
+    ) -> tuple[_Epoch, list[str | int]]:
+        """The four prelude arguments: known epoch, a fresh token, grace (µs), key life (ms).
+        ``renewing``: a renewal, which must learn of a recent loss even when another call
+        of this process saw it first (see :meth:`_Epoch.for_renewal`)."""
         epoch = self._epoch(name)
         keep_ms = math.ceil(grace * 1000) + _EPOCH_EXTRA_MS
-        return epoch, [epoch.known(), self._new_token(), _micros(grace), keep_ms]
+        with self._lock:
+            known = epoch.for_renewal(grace) if renewing else epoch.known()
+        return epoch, [known, self._new_token(), _micros(grace), keep_ms]
 
     def _saw(self, epoch: _Epoch, token: Any, sent_at: float, grace: float) -> None:
         with self._lock:
@@ -434,7 +456,7 @@ class RedisStore:
             return []
         with self._lock:
             grace = self._graces.get(service, ttl)
-        epoch, args = self._epoch_args(service, grace)
+        epoch, args = self._epoch_args(service, grace, renewing=True)
         keys = [
             self._key(service, "epoch"),
             self._key(service, "pause"),
@@ -500,7 +522,7 @@ class RedisStore:
         returns the keys it no longer held."""
         if not keys:
             return []
-        epoch, args = self._epoch_args("", ttl)
+        epoch, args = self._epoch_args("", ttl, renewing=True)
         names = [*self._claim_keys(), *(f"{self.namespace}:claim:{key}" for key in keys)]
         args += [owner, max(1, math.ceil(ttl * 1000))]
         sent_at = time.monotonic()
