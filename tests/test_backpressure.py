@@ -127,6 +127,27 @@ async def test_waiting_submitters_go_in_the_order_they_came(
     assert_consistent(cue)
 
 
+@pytest.mark.parametrize("max_pending", [4, 32])
+async def test_submitters_let_in_together_still_go_in_the_order_they_came(
+    make_cue: Callable[..., runcue.Cue], max_pending: int
+) -> None:
+    """Several waiting submitters granted room in one go (or one after another in one tick)
+    submit, queue and run in the order they came, although trio may wake them last first."""
+    held = Held(make_cue(max_pending=max_pending))
+    cue = held.cue
+    with anyio.fail_after(10):
+        async with cue:
+            await cue.submit("hold", {"n": "running"})
+            for n in range(max_pending):
+                await cue.submit("hold", {"n": f"pending {n}"})
+            async with anyio.create_task_group() as tg:
+                await held.line_up(tg, lambda n: cue.submit("hold", {"n": n}), 8)
+                held.release.set()
+            await cue.join()
+    assert [n for n in held.ran if isinstance(n, int)] == list(range(8))
+    assert_consistent(cue)
+
+
 async def test_a_cancelled_waiting_submitter_submits_nothing_and_keeps_the_order(
     make_cue: Callable[..., runcue.Cue],
 ) -> None:

@@ -216,11 +216,9 @@ def test_a_base_exception_from_a_handler_stops_the_cue_and_reaches_the_caller(
     else:
         summary = _base_exception_in_a_subprocess(anyio_backend, kind, sync_handler)
     assert summary["caught"] == "same", summary
-    if anyio_backend == "asyncio" and kind != "BaseException":
-        # asyncio lets KeyboardInterrupt and SystemExit out of the loop as well (its design).
-        assert summary["escaped"] in ("none", "same"), summary
-    else:
-        assert summary["escaped"] == "same", summary  # re-raised by the code around it
+    # Re-raised by the code around it, and only by it: the runner holds KeyboardInterrupt
+    # and SystemExit back from asyncio, which would let them out of the loop itself.
+    assert summary["escaped"] == "same", summary
     assert summary["bad"] == ["failed", True], summary
     assert summary["others"] == [["cancelled", "WorkCancelled"]] * 2, summary
     assert summary["ledger"] == [3, 0, 0, 0, 1, 0, 2], summary
@@ -247,6 +245,63 @@ async def test_a_base_exception_reaches_stop_when_started_in_the_background(
     assert info.value is error
     assert await state_of(cue, work_id) is runcue.WorkState.FAILED
     assert_consistent(cue)
+
+
+def _stopped_by_itself_summary(backend: str, kind: str) -> dict[str, Any]:
+    """start(); a handler raises ``kind``; the cue stops by itself; then stop() is called."""
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        cue = runcue.Cue(seed=1)
+        error = ERRORS[kind]()
+        ran = anyio.Event()
+
+        @cue.task("bad")
+        async def bad(work: runcue.WorkUnit) -> None:
+            ran.set()
+            raise error
+
+        with anyio.fail_after(10):
+            cue.start()
+            await cue.submit("bad")
+            await ran.wait()
+            while "stopped" not in repr(cue):
+                await anyio.sleep(0.01)
+            try:
+                await cue.stop()
+                seen["stop"] = "returned"
+            except BaseException as exc:
+                seen["stop"] = "same" if exc is error else repr(exc)
+
+    try:
+        anyio.run(main, backend=backend)
+        seen["escaped"] = "none"
+    except BaseException as exc:
+        seen["escaped"] = repr(exc)
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["KeyboardInterrupt", "SystemExit"])
+def test_stop_raises_what_stopped_a_background_cue_by_itself(anyio_backend: str, kind: str) -> None:
+    """With start(), a handler's KeyboardInterrupt or SystemExit stops the cue at once; a
+    stop() called after that raises it (it was lost on trio), and nothing leaves the loop
+    past the caller (asyncio let it out of the loop itself)."""
+    script = "\n".join(
+        [
+            "import json, os, sys",
+            f"sys.path.insert(0, {str(Path(__file__).parent)!r})",
+            "import test_faults",
+            f"summary = test_faults._stopped_by_itself_summary({anyio_backend!r}, {kind!r})",
+            "print('SUMMARY ' + json.dumps(summary), flush=True)",
+            "os._exit(0)",
+        ]
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("SUMMARY ")]
+    assert lines, f"the scenario did not report (exit {done.returncode}):\n{done.stderr[-3000:]}"
+    assert json.loads(lines[-1].removeprefix("SUMMARY ")) == {"stop": "same", "escaped": "none"}
 
 
 async def test_a_base_exception_reaches_the_callers_task_group(make_cue: CueFactory) -> None:

@@ -11,7 +11,10 @@ again without asking anyone.
 ``pending + granted >= limit`` or while anyone waits already, so waiting submitters go
 first-in first-out and a newcomer never overtakes them. Room is handed out by *grants*: when
 pending work starts or ends, waiters at the front are granted one place each and woken; a
-granted waiter that is cancelled before it submits passes its place on. Once the bound was
+granted waiter that is cancelled before it submits passes its place on. Granted waiters
+submit in the order they were granted, whatever order the backend wakes them in (trio may
+wake a batch last first): one that wakes before an earlier one submitted waits for its
+*turn*, so their works also queue and start in the order the callers came. Once the bound was
 reached, grants wait until pending has fallen to a low-water mark (``limit - limit // 16``,
 at least one below the limit), then fill up to the limit at once: a producer that runs
 ahead wakes once per ``limit // 16`` starts, not once per start.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from itertools import chain
 from typing import TYPE_CHECKING
 
@@ -44,23 +48,27 @@ POLL_LEAST = 0.01  # ... but at most every this many seconds
 
 
 class _Waiter:
-    __slots__ = ("event", "granted")
+    __slots__ = ("event", "granted", "granted_at", "turn")
 
     def __init__(self) -> None:
         self.event = anyio.Event()
         self.granted = False
+        self.granted_at = 0.0  # loop time of the grant: its work's submission time
+        self.turn: anyio.Event | None = None  # set when the waiters granted before it are in
 
 
 class PendingBound:
     """``max_pending``: admission of new work by its count, FIFO waiters, deadlock watch."""
 
     __slots__ = (
+        "_clock",
         "_looked",
         "_since",
         "deadlock_timeout",
         "granted",
         "limit",
         "resume_at",
+        "turns",
         "waiters",
     )
 
@@ -70,8 +78,10 @@ class PendingBound:
         self.deadlock_timeout = deadlock_timeout
         self.waiters: deque[_Waiter] = deque()
         self.granted = 0  # waiters woken with a place, not yet submitted
+        self.turns: deque[_Waiter] = deque()  # those waiters, in the order of their grants
         self._looked: tuple[int, ...] = ()  # the progress counters at the last look
         self._since = -math.inf  # since when nothing progressed (loop time)
+        self._clock: Callable[[], float] | None = None  # the loop's clock, once a caller waits
 
     def room_made(self, pending: int, *, at_once: bool = False) -> None:
         """Pending work started or ended: grant places to the front waiters (from the
@@ -79,22 +89,47 @@ class PendingBound:
         if not at_once and pending + self.granted > self.resume_at:
             return
         waiters = self.waiters
+        if not waiters or self._clock is None:
+            return
+        # One time for every waiter granted here: their works queue in the order the
+        # callers came (the sequence number breaks the tie), however the backend orders
+        # their wake-ups (trio may run them last first).
+        now = self._clock()
         while waiters and pending + self.granted < self.limit:
             waiter = waiters.popleft()
             waiter.granted = True
+            waiter.granted_at = now
             self.granted += 1
+            self.turns.append(waiter)
             waiter.event.set()
 
     def release_all(self) -> None:
-        """The cue stops: wake every waiter without a place (each sees the state and raises)."""
+        """The cue stops: wake every waiter, with a place or without (each sees the state and
+        raises)."""
         while self.waiters:
             self.waiters.popleft().event.set()
+        for waiter in self.turns:
+            if waiter.turn is not None:
+                waiter.turn.set()
 
-    async def wait(self, engine: Scheduler) -> bool:
-        """Wait in line until granted a place (True) or released by a stop (False).
+    def submitted(self, waiter: _Waiter) -> None:
+        """A granted waiter's work is in (or it gave up): its place is no longer held for it,
+        and the next granted waiter may submit."""
+        self.granted -= 1
+        turns = self.turns
+        first = turns[0] is waiter
+        turns.remove(waiter)
+        if first and turns and turns[0].turn is not None:
+            turns[0].turn.set()
+
+    async def wait(self, engine: Scheduler) -> _Waiter | None:
+        """Wait in line until granted a place and it is this caller's turn to submit (its
+        waiter: the caller submits, then calls :meth:`submitted`), or until released by a
+        stop (None).
 
         :raises SubmitDeadlock: see the module docstring.
         """
+        self._clock = engine.clock
         waiter = _Waiter()
         self.waiters.append(waiter)
         try:
@@ -108,16 +143,17 @@ class PendingBound:
                         await waiter.event.wait()
                     if not waiter.event.is_set():
                         self._look_for_deadlock(engine, timeout)
+            if waiter.granted and self.turns[0] is not waiter:
+                waiter.turn = anyio.Event()  # woken before a waiter granted earlier submitted
+                await waiter.turn.wait()
         except BaseException:
             if waiter.granted:
-                self.granted -= 1
+                self.submitted(waiter)
                 self.room_made(engine.pending, at_once=True)  # its place goes to the next
             else:
                 self.waiters.remove(waiter)
             raise
-        if waiter.granted:
-            self.granted -= 1
-        return waiter.granted
+        return waiter if waiter.granted else None
 
     def _look_for_deadlock(self, engine: Scheduler, timeout: float) -> None:
         """Raise :class:`SubmitDeadlock` when nothing in the cue can make room any more."""

@@ -154,6 +154,9 @@ class Lifecycle:
                 self._engine.close()
                 self._state = STOPPED
                 self._closed.set()
+                fatal, self._engine.fatal = self._engine.fatal, None
+                if fatal is not None:
+                    raise fatal  # a handler's KeyboardInterrupt or SystemExit stopped the cue
         return False
 
     def __enter__(self) -> None:
@@ -223,6 +226,9 @@ class Lifecycle:
             self._engine.closing = True
             await self._engine.outcomes.cancel_all_pending("the cue was stopped before it started")
             self._closed.set()
+            # A background run that already ended by itself (a handler's KeyboardInterrupt
+            # or SystemExit stopped it) hands its error to this stop(), as to a later one.
+            self._raise_background_error()
             return
         mode = self._mode
         if self._launching:
@@ -232,6 +238,9 @@ class Lifecycle:
         self._stop_requested.set()
         if mode in ("background", "run") and not IN_RUNNER.get():
             await self._closed.wait()  # (a handler calling stop() must not wait for itself)
+        self._raise_background_error()
+
+    def _raise_background_error(self) -> None:
         error, self._background_error = self._background_error, None
         if error is not None and not isinstance(error, anyio.get_cancelled_exc_class()):
             raise error

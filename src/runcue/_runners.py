@@ -137,6 +137,19 @@ class Runners:
         """A runner: attempts of one service, one after another, in this task."""
         IN_RUNNER.set(True)
         IN_REPORT.set(False)  # spawned from a callback's task, it runs handlers, not callbacks
+        try:
+            await self._run(service, first)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Held here instead of raised through this task, where asyncio would let it out
+            # of the event loop itself, past the code around ``async with`` / ``stop()``:
+            # the cue stops, and leaving it raises this error there (on every backend).
+            engine = self.engine
+            if engine.fatal is None:
+                engine.fatal = exc
+            if engine.tg is not None:
+                engine.tg.cancel_scope.cancel()
+
+    async def _run(self, service: Service, first: WorkUnit) -> None:
         receive = service.receive
         assert receive is not None
         dispatch = self.engine.dispatch

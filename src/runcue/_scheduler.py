@@ -121,6 +121,7 @@ class Scheduler:
         self._wake_in_stream = False
         self.tg: TaskGroup | None = None
         self.closing = False
+        self.fatal: BaseException | None = None  # a handler's KeyboardInterrupt/SystemExit
 
         self.works: dict[int, WorkUnit] = {}  # pending and running, by number (work._seq)
         self.finished: OrderedDict[int, WorkUnit] = OrderedDict()  # by _seq, oldest first

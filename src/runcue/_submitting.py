@@ -235,18 +235,21 @@ class Submitting:
                 " tg.start(cue.run)) before submitting more"
             )
             raise CueFull(msg)
-        granted = False
+        waiter = None
         try:
-            while not granted:  # (not granted: woken because the cue stops)
-                granted = await bound.wait(engine)
+            while waiter is None:  # (None: woken because the cue stops)
+                waiter = await bound.wait(engine)
                 if self._state in (STOPPING, STOPPED):
                     raise self._stopped_error()
             work.created_at = time.time()
-            found = engine.submit(work, dedup_key, bounded=False)
+            # Submitted as of its grant, the time shared by every caller let in at that
+            # moment: with its turn, the works queue in the order the callers came.
+            found = engine.submit(work, dedup_key, waiter.granted_at, bounded=False)
             assert found is not None
             return found
         finally:
-            if granted:
+            if waiter is not None:
+                bound.submitted(waiter)
                 bound.room_made(engine.pending, at_once=True)  # a place left unused goes on
 
     def _stopped_error(self) -> CueStateError:
