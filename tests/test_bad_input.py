@@ -417,3 +417,25 @@ async def test_misuse_of_the_lifecycle_raises_naming_the_fix() -> None:
     with pytest.raises(runcue.CueStateError, match="running cue"):
         await anyio.to_thread.run_sync(cue.submit_threadsafe, "t")
     assert cue.stats().submitted == 1
+
+
+@pytest.mark.anyio
+async def test_an_unhashable_key_raises_naming_it_and_queues_nothing() -> None:
+    """submit(key=[1]) raises a TypeError that names key= and the value, at the call."""
+    cue = runcue.Cue()
+
+    @cue.task("t")
+    async def handler(work: runcue.WorkUnit) -> None:
+        return None
+
+    with pytest.raises(TypeError, match=r"key must be hashable .* got \[1\]"):
+        await cue.submit("t", {}, key=[1])
+    assert cue.stats().submitted == 0
+
+
+@pytest.mark.parametrize("retry_after", ["x", math.inf, math.nan, -1.0, True, None])
+def test_a_bad_retry_after_raises_naming_it(retry_after: object) -> None:
+    """RateLimited(retry_after=) takes a finite number of seconds >= 0 and names anything else."""
+    with pytest.raises(ValueError, match="retry_after must be a finite number") as info:
+        runcue.RateLimited(retry_after=retry_after)  # type: ignore[arg-type]
+    assert repr(retry_after) in str(info.value)

@@ -125,6 +125,78 @@ async def test_actual_cost_from_the_result_refunds_the_rest(make_cue: CueFactory
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("how", ["charge", "actual_cost"])
+async def test_a_charge_in_an_undeclared_dimension_is_ignored_and_the_cue_goes_on(
+    make_cue: CueFactory, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A charge in a dimension the service does not declare is dropped with a warning that
+    names it; the declared part settles, the work completes, and the cue keeps running
+    (it used to end the cue and leave a slot borrowed)."""
+    cue = make_cue()
+    cue.service("llm", concurrent=2, costs={"tokens": "1000/hour"})
+    actual = (lambda work, result: {"tokens": 30, "bytes": 5}) if how == "actual_cost" else None
+
+    @cue.task("ask", uses="llm", cost={"tokens": 600}, actual_cost=actual)
+    async def ask(work: runcue.WorkUnit) -> str:
+        if how == "charge":
+            work.charge(tokens=30, bytes=5)
+        return "answered"
+
+    with anyio.fail_after(5):
+        async with cue:
+            assert await cue.wait(await cue.submit("ask", {"n": 1})) == "answered"
+            assert await cue.wait(await cue.submit("ask", {"n": 2})) == "answered"
+            (limit,) = [s for s in cue.stats().services["llm"].limits if s.kind == "cost"]
+            assert limit.used == 60
+    assert cue.stats().completed == 2
+    assert cue.limiter("llm").borrowed_tokens == 0
+    assert "charged 'bytes', which service 'llm' does not declare" in caplog.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("when", ["running", "before the start"])
+async def test_waiting_work_that_a_lowered_window_can_never_admit_fails_at_once(
+    make_cue: CueFactory, when: str
+) -> None:
+    """A service declared again with a window below a waiting work's estimate: that work
+    fails with CostTooLargeError (it waited forever, "waiting for tokens"); work whose
+    estimate still fits runs."""
+    cue = make_cue()
+    cue.service("s", concurrent=1, costs={"tokens": "100/1s"})
+    gate = anyio.Event()
+
+    @cue.task("t", uses="s", cost=lambda work: {"tokens": work.params["tokens"]})
+    async def t(work: runcue.WorkUnit) -> int:
+        if work.params.get("hold"):
+            await gate.wait()
+        return int(work.params["tokens"])
+
+    lower = {"concurrent": 1, "costs": {"tokens": "50/1s"}}
+    with anyio.fail_after(10):
+        if when == "before the start":
+            big = await cue.submit("t", {"tokens": 80})
+            small = await cue.submit("t", {"tokens": 40})
+            cue.service("s", **lower)  # type: ignore[arg-type]
+            async with cue:
+                with pytest.raises(runcue.CostTooLargeError, match="80 tokens can never start"):
+                    await cue.wait(big)
+                assert await cue.wait(small) == 40
+        else:
+            async with cue:
+                holder = await cue.submit("t", {"tokens": 10, "hold": True})
+                big = await cue.submit("t", {"tokens": 80})
+                small = await cue.submit("t", {"tokens": 40})
+                cue.service("s", **lower)  # type: ignore[arg-type]
+                with pytest.raises(runcue.CostTooLargeError, match="80 tokens can never start"):
+                    await cue.wait(big)
+                gate.set()
+                assert await cue.wait(holder) == 10
+                assert await cue.wait(small) == 40
+    stats = cue.stats()
+    assert (stats.failed, stats.pending, stats.running) == (1, 0, 0)
+
+
+@pytest.mark.anyio
 async def test_a_cost_larger_than_a_whole_window_fails_at_submit(make_cue: CueFactory) -> None:
     """An estimate above a window's whole limit can never start: submit() says so, and a
     constant one is refused when the task is declared."""

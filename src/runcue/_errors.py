@@ -132,8 +132,15 @@ class RateLimited(RuncueError):
     """
 
     def __init__(self, retry_after: float = 1.0, message: str | None = None) -> None:
-        if not retry_after >= 0:
-            msg = f"retry_after must be a number of seconds >= 0, got {retry_after!r}"
+        if (
+            isinstance(retry_after, bool)
+            or not isinstance(retry_after, (int, float))
+            or not 0 <= retry_after < math.inf
+        ):
+            msg = (
+                "retry_after must be a finite number of seconds >= 0 (e.g. the response's"
+                f" Retry-After as a float), got {retry_after!r}"
+            )
             raise ValueError(msg)
         self.retry_after = float(retry_after)
         super().__init__(message or f"rate limited by the service; retry after {retry_after:g}s")

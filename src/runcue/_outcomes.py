@@ -225,6 +225,26 @@ class Outcomes:
         if hook is not None:
             engine.reports.report_soon("on_failure", hook, work, error)
 
+    def reestimate(self, service: Service) -> None:
+        """The service was declared again with cost windows: its pending work takes its
+        estimate again against them; work that can now never start (an estimate above a
+        whole window, a dimension no longer declared) fails with that error at once instead
+        of waiting forever."""
+        cost = service.cost
+        if cost is None:
+            return
+        engine = self.engine
+        name = service.name
+        for work in [w for w in engine.works.values() if w.state is WorkState.PENDING]:
+            spec = work._task
+            if spec.service != name or spec.cost is None:
+                continue
+            try:
+                estimate = spec.cost(work) if callable(spec.cost) else spec.cost
+                work._more().cost = cost.limiter.check(estimate)
+            except Exception as exc:
+                self.fail_pending(work, exc)
+
     def cancelled(self, work: WorkUnit, reason: str) -> None:
         """A work ends cancelled (its on_cancel runs without holding up the caller)."""
         engine = self.engine

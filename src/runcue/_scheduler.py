@@ -207,6 +207,8 @@ class Scheduler:
         self.threads = ThreadLimit(anyio.CapacityLimiter(self.max_threads), self.max_threads)
         for service in self.services.values():
             self._bind_service(service, shift)
+            if service.cost is not None and self.works:
+                self.outcomes.reestimate(service)  # (declared again since those submits?)
         self._send, self._receive = anyio.create_memory_object_stream[None](math.inf)
         for work in self._backlog:
             if work._where == INTAKE:
@@ -229,6 +231,7 @@ class Scheduler:
             assert self.threads is not None
             service.rebuild(self.threads, self.fleet)
             bind_limits(service.admission.limits, self.tg, self.wake)
+            self.outcomes.reestimate(service)  # (windows changed: estimates are asked again)
         self.wake()
 
     def close(self) -> None:

@@ -290,6 +290,11 @@ class Submitting:
         priority = 0.5 if priority is None else _checked_priority(priority)
         dedup_key: Any = None  # without key= or a dedup task, no index is kept at all
         if key is not None:
+            try:
+                hash(key)
+            except TypeError:
+                msg = f"key must be hashable (a string, a number, a tuple), got {key!r}"
+                raise TypeError(msg) from None
             dedup_key = ("key", task, key)
         elif spec.dedup:
             dedup_key = (task, _freeze_params(params))
