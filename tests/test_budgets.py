@@ -100,6 +100,30 @@ def test_a_charge_above_the_estimate_is_debt_that_delays_the_next_works() -> Non
     assert starts[2] - starts[0] >= 60.0  # the debt had to leave the window first
 
 
+def test_a_window_in_debt_says_when_it_admits_again() -> None:
+    """A cost window charged beyond its limit reports its use and, as ready_in, the seconds
+    until its oldest amounts leave it (it reported 0.0: "admits now")."""
+
+    async def main() -> list[runcue.LimitState]:
+        cue = runcue.Cue(seed=1)
+        cue.service("llm", costs={"tokens": "100/10s"})
+
+        @cue.task("ask", uses="llm", cost={"tokens": 10})
+        async def ask(work: runcue.WorkUnit) -> None:
+            work.charge(tokens=300)
+
+        async with cue:
+            await cue.wait(await cue.submit("ask"))
+            await anyio.sleep(1)
+            states = [s for s in cue.stats().services["llm"].limits if s.kind == "cost"]
+        return states
+
+    (state,) = on_virtual_clock(main)
+    assert state.used == 300
+    assert state.ready_in == pytest.approx(9.0)
+    assert state.left == 0
+
+
 @pytest.mark.anyio
 async def test_actual_cost_from_the_result_refunds_the_rest(make_cue: CueFactory) -> None:
     """actual_cost=(work, result) settles the window on what the result says was used."""

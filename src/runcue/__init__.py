@@ -43,6 +43,7 @@ from ._rate import RateSpec as RateSpec
 from ._rate import parse_rate as parse_rate
 from ._redis import RedisStore as RedisStore
 from ._stats import CueStats as CueStats
+from ._stats import LimitState as LimitState
 from ._stats import RateWindowStats as RateWindowStats
 from ._stats import ServiceStats as ServiceStats
 from ._store import CostStore as CostStore
@@ -79,6 +80,7 @@ __all__ = [
     "Instrumentation",
     "InvalidRateError",
     "LeaseLost",
+    "LimitState",
     "QuotaExhausted",
     "PendingTimeout",
     "Plan",

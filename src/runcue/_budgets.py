@@ -135,19 +135,19 @@ class CostLimit(Limit):
         )
 
     def states(self, now: float) -> list[LimitState]:
-        states = []
-        for use in self.limiter.describe(now):
-            ready = 0.0
-            states.append(
-                LimitState(
-                    "cost",
-                    f"{use.dimension} {use.spec.limit}/{use.spec.period:g}s",
-                    use.used,
-                    use.spec.limit,
-                    ready,
-                )
+        # ready_in: until the window has room for one more unit (a token), as time decides
+        # (a window in debt, or full, frees as its oldest amounts leave it; inf when only
+        # reservations fill it). A work's own estimate may need longer: see blocked().
+        return [
+            LimitState(
+                "cost",
+                f"{dimension} {spec.limit}/{spec.period:g}s",
+                window.committed(now) + window.reserved,
+                spec.limit,
+                max(0.0, window.next_free(min(1.0, spec.limit), now) - now),
             )
-        return states
+            for dimension, spec, window in self.limiter.windows()
+        ]
 
     def left(self, dimension: str, now: float) -> float:
         """What the declared windows of ``dimension`` still admit now (inf: no window)."""
