@@ -68,6 +68,24 @@ async def test_a_rate_redeclared_while_on_start_is_awaited_keeps_the_service_goi
     assert sorted(done) == list(range(6))
 
 
+class HeldStarts:
+    """An async on_start that holds every start until ``go_on`` is set; ``all_in`` is set
+    once ``count`` starts wait there."""
+
+    def __init__(self, cue: runcue.Cue, count: int) -> None:
+        self.all_in = anyio.Event()
+        self.go_on = anyio.Event()
+        self.entered = 0
+        self.count = count
+        cue.on_start(self.on_start)
+
+    async def on_start(self, work: runcue.WorkUnit) -> None:
+        self.entered += 1
+        if self.entered == self.count:
+            self.all_in.set()
+        await self.go_on.wait()
+
+
 async def test_a_concurrency_lowered_while_on_start_is_awaited_holds_for_unstarted_work(
     make_cue: CueFactory,
 ) -> None:
@@ -75,9 +93,7 @@ async def test_a_concurrency_lowered_while_on_start_is_awaited_holds_for_unstart
     1: they run one at a time, not three at once, and all of them run."""
     cue = make_cue()
     cue.service("api", concurrent=3)
-    in_on_start = anyio.Event()
-    go_on = anyio.Event()
-    entered = 0
+    held = HeldStarts(cue, 3)
     running = 0
     most = 0
     done: list[int] = []
@@ -92,20 +108,12 @@ async def test_a_concurrency_lowered_while_on_start_is_awaited_holds_for_unstart
         running -= 1
         done.append(int(work.params["n"]))
 
-    @cue.on_start
-    async def on_start(work: runcue.WorkUnit) -> None:
-        nonlocal entered
-        entered += 1
-        if entered == 3:
-            in_on_start.set()
-        await go_on.wait()
-
     with anyio.fail_after(10):
         async with cue:
             ids = [await cue.submit("t", {"n": n}) for n in range(3)]
-            await in_on_start.wait()
+            await held.all_in.wait()
             cue.service("api", concurrent=1)  # while admitted starts await on_start
-            go_on.set()
+            held.go_on.set()
             for work_id in ids:
                 await cue.wait(work_id)
     assert most == 1
@@ -121,10 +129,8 @@ async def test_a_rate_lowered_while_on_start_is_awaited_holds_for_unstarted_work
     the cue stops), and the window never holds more than one."""
     cue = make_cue()
     cue.service("api", rate="5/10s")
-    in_on_start = anyio.Event()
-    go_on = anyio.Event()
+    held = HeldStarts(cue, 3)
     finished = anyio.Event()
-    entered = 0
     handled: list[int] = []
 
     @cue.task("t", uses="api")
@@ -134,21 +140,13 @@ async def test_a_rate_lowered_while_on_start_is_awaited_holds_for_unstarted_work
             await anyio.lowlevel.checkpoint()
         finished.set()
 
-    @cue.on_start
-    async def on_start(work: runcue.WorkUnit) -> None:
-        nonlocal entered
-        entered += 1
-        if entered == 3:
-            in_on_start.set()
-        await go_on.wait()
-
     with anyio.fail_after(10):
         async with cue:
             for n in range(3):
                 await cue.submit("t", {"n": n})
-            await in_on_start.wait()
+            await held.all_in.wait()
             cue.service("api", rate="1/10s")  # while reserved starts await on_start
-            go_on.set()
+            held.go_on.set()
             await finished.wait()
             stats = cue.stats()
             assert stats.services["api"].windows[0].used == 1

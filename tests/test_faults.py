@@ -184,15 +184,21 @@ def _base_exception_summary(backend: str, kind: str, sync_handler: bool) -> dict
 
 
 def _base_exception_in_a_subprocess(backend: str, kind: str, sync_handler: bool) -> Any:
-    """The scenario in a fresh interpreter: on asyncio, KeyboardInterrupt and SystemExit also
-    leave the event loop itself, and the loop's idle worker threads would keep pytest alive."""
+    """The scenario in a fresh interpreter: a KeyboardInterrupt or SystemExit that got out
+    of the loop (asyncio's rule for its tasks) must not end pytest, nor the loop's idle
+    worker threads keep it alive."""
+    call = f"_base_exception_summary({backend!r}, {kind!r}, {sync_handler!r})"
+    return _summary_in_a_subprocess(call)
+
+
+def _summary_in_a_subprocess(call: str) -> Any:
+    """``test_faults.<call>`` in a fresh interpreter: the JSON it returns."""
     script = "\n".join(
         [
             "import json, os, sys",
             f"sys.path.insert(0, {str(Path(__file__).parent)!r})",
             "import test_faults",
-            "summary = test_faults._base_exception_summary("
-            f"{backend!r}, {kind!r}, {sync_handler!r})",
+            f"summary = test_faults.{call}",
             "print('SUMMARY ' + json.dumps(summary), flush=True)",
             "os._exit(0)",
         ]
@@ -286,22 +292,8 @@ def test_stop_raises_what_stopped_a_background_cue_by_itself(anyio_backend: str,
     """With start(), a handler's KeyboardInterrupt or SystemExit stops the cue at once; a
     stop() called after that raises it (it was lost on trio), and nothing leaves the loop
     past the caller (asyncio let it out of the loop itself)."""
-    script = "\n".join(
-        [
-            "import json, os, sys",
-            f"sys.path.insert(0, {str(Path(__file__).parent)!r})",
-            "import test_faults",
-            f"summary = test_faults._stopped_by_itself_summary({anyio_backend!r}, {kind!r})",
-            "print('SUMMARY ' + json.dumps(summary), flush=True)",
-            "os._exit(0)",
-        ]
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("SUMMARY ")]
-    assert lines, f"the scenario did not report (exit {done.returncode}):\n{done.stderr[-3000:]}"
-    assert json.loads(lines[-1].removeprefix("SUMMARY ")) == {"stop": "same", "escaped": "none"}
+    summary = _summary_in_a_subprocess(f"_stopped_by_itself_summary({anyio_backend!r}, {kind!r})")
+    assert summary == {"stop": "same", "escaped": "none"}
 
 
 async def test_a_base_exception_reaches_the_callers_task_group(make_cue: CueFactory) -> None:
