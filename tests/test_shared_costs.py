@@ -159,6 +159,27 @@ async def test_a_task_without_estimate_sends_zero_and_its_charge_is_settled() ->
     assert store.of("settle") == [("settle", grant[1], {"tokens": 42.0})]
 
 
+async def test_a_charge_in_an_undeclared_dimension_is_not_sent_to_the_store(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A shared service settles only the dimensions it declares: the rest of a charge is
+    dropped with a warning, as for a local service."""
+    store = CostStoreFake()
+    cue = llm_cue(store)
+
+    @cue.task("ask", uses="llm")
+    async def ask(work: runcue.WorkUnit) -> None:
+        work.charge(tokens=42, bytes=7)
+
+    with anyio.fail_after(5):
+        async with cue:
+            await cue.submit("ask")
+            await cue.join()
+    (grant,) = store.of("acquire")
+    assert store.of("settle") == [("settle", grant[1], {"tokens": 42.0})]
+    assert "charged 'bytes', which service 'llm' does not declare" in caplog.text
+
+
 async def test_a_grant_whose_work_never_started_settles_to_zero() -> None:
     """Work cancelled while its grant was in flight never runs: its start costs nothing."""
     store = CostStoreFake()

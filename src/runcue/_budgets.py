@@ -79,30 +79,12 @@ class CostLimit(Limit):
 
     def settle(self, hold: Any, work: WorkUnit, now: float, error: BaseException | None) -> None:
         charged = actual_cost(work)
-        if charged:
-            charged = self._declared(charged, work)
         if hold is NO_HOLD:
             if charged:  # charged without an estimate: counted from now, as debt
                 self.limiter.settle(self._debt(charged, now), charged)
             return
         if hold.state is HoldState.COMMITTED:
             self.limiter.settle(hold, charged)
-
-    def _declared(self, charged: dict[str, float], work: WorkUnit) -> dict[str, float] | None:
-        """The charges in dimensions the service declares; others are dropped with a warning
-        (a settlement must not fail: the books of every limit would stay open)."""
-        dimensions = self.limiter.dimensions
-        unknown = [dimension for dimension in charged if dimension not in dimensions]
-        if not unknown:
-            return charged
-        logger.warning(
-            "runcue: %s charged %s, which %s does not declare (it declares %s); ignored",
-            work,
-            ", ".join(map(repr, unknown)),
-            self.label,
-            ", ".join(map(repr, dimensions)),
-        )
-        return {d: amount for d, amount in charged.items() if d in dimensions} or None
 
     def _debt(self, charged: Mapping[str, float], now: float) -> Any:
         handle = self.limiter.reserve(dict.fromkeys(charged, 0.0))

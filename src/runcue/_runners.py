@@ -108,6 +108,28 @@ def _charge_actual(work: WorkUnit, spec: TaskSpec, result: Any) -> None:
         )
 
 
+def _keep_declared(work: WorkUnit, service: Service) -> None:
+    """Charges in dimensions the service's cost windows do not declare are dropped with a
+    warning, before anything settles them (here or in the store): a settlement must not
+    fail, or every limit's books stay open."""
+    extra = work._extra
+    cost = service.cost
+    if extra is None or not extra.charged or cost is None:
+        return
+    charged = extra.charged
+    dimensions = cost.limiter.dimensions
+    unknown = [dimension for dimension in charged if dimension not in dimensions]
+    if unknown:
+        logger.warning(
+            "runcue: %s charged %s, which %s does not declare (it declares %s); ignored",
+            work,
+            ", ".join(map(repr, unknown)),
+            service.label,
+            ", ".join(map(repr, dimensions)),
+        )
+        extra.charged = {d: amount for d, amount in charged.items() if d in dimensions} or None
+
+
 class Runners:
     """The runner tasks of every service, and the attempts they run."""
 
@@ -290,6 +312,8 @@ class Runners:
         duration = now - begun
         if error is None and spec.actual_cost is not None:
             _charge_actual(work, spec, result)
+        if work._extra is not None:
+            _keep_declared(work, service)
         still_running = call is not None and call.abandon()
         if still_running:
             service.abandoned += 1
@@ -404,6 +428,7 @@ class Runners:
         else:
             if keep_slot:
                 service.abandoned += 1
+            _keep_declared(work, service)
             holds[0].settle(holds, work, engine.clock(), exc, still_running=keep_slot)
         if not keep_slot:
             work._holds = None
